@@ -1,0 +1,91 @@
+//! Golden files pin the wire format of every event: a change that alters the
+//! JSON of an existing `event_type`/`event_version` fails here. Regenerate only
+//! for a brand-new event or version: `UPDATE_GOLDEN=1 cargo test -p schema`.
+
+use std::path::PathBuf;
+
+use serde::{de::DeserializeOwned, Serialize};
+use uuid::Uuid;
+
+use crate::money::{Currency, Money};
+use crate::order::{OrderEvent, OrderLine};
+use crate::product::ProductEvent;
+
+fn eur(amount_minor: i64) -> Money {
+    Money::new(amount_minor, Currency::try_from("EUR").expect("valid"))
+}
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(0x0193_a1c2_0000_7000_8000_0000_0000_0000 | n)
+}
+
+fn check<E: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    event: &E,
+    event_type: &str,
+    version: &str,
+) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/events")
+        .join(format!("{event_type}.v{version}.json"));
+    let actual = serde_json::to_value(event).expect("serializable");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() && !path.exists() {
+        let text = serde_json::to_string_pretty(&actual).expect("json");
+        std::fs::write(&path, text + "\n").expect("write golden");
+    }
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("missing golden file {}: {e}", path.display()));
+    let golden: serde_json::Value = serde_json::from_str(&text).expect("golden is JSON");
+    assert_eq!(actual, golden, "wire format of {event_type} v{version} changed");
+    let decoded: E = serde_json::from_value(golden).expect("golden decodes");
+    assert_eq!(&decoded, event, "golden {event_type} v{version} decodes differently");
+}
+
+#[test]
+fn product_events_match_golden_files() {
+    let events = [
+        ProductEvent::ProductCreated {
+            sku: "SKU-0001".into(),
+            name: "Espresso beans 1kg".into(),
+            price: eur(2_450),
+        },
+        ProductEvent::ProductRenamed {
+            name: "Espresso beans, 1 kg".into(),
+        },
+        ProductEvent::ProductPriceChanged { price: eur(2_590) },
+        ProductEvent::ProductDiscontinued {},
+    ];
+    for event in &events {
+        check(event, event.event_type(), event.event_version());
+    }
+}
+
+#[test]
+fn order_events_match_golden_files() {
+    let line = OrderLine {
+        product_id: id(1),
+        quantity: 2,
+        unit_price: eur(2_450),
+    };
+    let events = [
+        OrderEvent::OrderPlaced {
+            customer_id: id(9),
+            lines: vec![line.clone()],
+        },
+        OrderEvent::OrderLineAdded {
+            line: OrderLine {
+                product_id: id(2),
+                quantity: 1,
+                unit_price: eur(990),
+            },
+        },
+        OrderEvent::OrderLineRemoved { product_id: id(2) },
+        OrderEvent::OrderConfirmed {},
+        OrderEvent::OrderCancelled {
+            reason: "customer request".into(),
+        },
+        OrderEvent::OrderShipped {},
+    ];
+    for event in &events {
+        check(event, event.event_type(), event.event_version());
+    }
+}

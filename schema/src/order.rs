@@ -1,0 +1,75 @@
+//! Events of the `Order` aggregate.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::money::Money;
+
+/// `aggregate_type` of orders in the event store and the Kafka topic suffix.
+pub const AGGREGATE_TYPE: &str = "Order";
+
+/// One line of an order: a product, how many, and the unit price agreed at the time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub product_id: Uuid,
+    pub quantity: u32,
+    pub unit_price: Money,
+}
+
+impl OrderLine {
+    /// `quantity × unit_price` in minor units, or `None` on overflow.
+    pub fn amount_minor(&self) -> Option<i64> {
+        self.unit_price
+            .amount_minor
+            .checked_mul(i64::from(self.quantity))
+    }
+}
+
+/// Everything that can happen to an order, in the past tense.
+///
+/// Same wire rules as [`crate::product::ProductEvent`]: externally tagged JSON,
+/// pinned by golden fixtures, versioned by [`OrderEvent::event_version`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderEvent {
+    OrderPlaced {
+        customer_id: Uuid,
+        lines: Vec<OrderLine>,
+    },
+    OrderLineAdded {
+        line: OrderLine,
+    },
+    OrderLineRemoved {
+        product_id: Uuid,
+    },
+    OrderConfirmed {},
+    OrderCancelled {
+        reason: String,
+    },
+    OrderShipped {},
+}
+
+impl OrderEvent {
+    /// Stable name stored in `events.event_type` and sent in the `event_type` header.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::OrderPlaced { .. } => "OrderPlaced",
+            Self::OrderLineAdded { .. } => "OrderLineAdded",
+            Self::OrderLineRemoved { .. } => "OrderLineRemoved",
+            Self::OrderConfirmed {} => "OrderConfirmed",
+            Self::OrderCancelled { .. } => "OrderCancelled",
+            Self::OrderShipped {} => "OrderShipped",
+        }
+    }
+
+    /// Version of this event's payload shape; bumped together with an upcaster.
+    pub fn event_version(&self) -> &'static str {
+        match self {
+            Self::OrderPlaced { .. }
+            | Self::OrderLineAdded { .. }
+            | Self::OrderLineRemoved { .. }
+            | Self::OrderConfirmed {}
+            | Self::OrderCancelled { .. }
+            | Self::OrderShipped {} => "1",
+        }
+    }
+}
