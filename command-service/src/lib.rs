@@ -1,1 +1,11 @@
+//! command-service: validates commands against the `Product` and `Order`
+//! aggregates (cqrs-es), appends their events to Postgres (postgres-es), and
+//! relays every committed event to Kafka through the transactional outbox.
 
+pub mod commands;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod relay;
+pub mod startup;

@@ -1,1 +1,10 @@
+//! projector: a Kafka consumer group that builds the denormalized read models
+//! (in range-partitioned Postgres tables and in Redis) idempotently.
 
+pub mod config;
+pub mod consumer;
+pub mod order_summary;
+pub mod partitions;
+pub mod redis_sink;
+pub mod startup;
+pub mod store;

@@ -20,7 +20,7 @@ CREATE TABLE order_summary
     order_id    uuid PRIMARY KEY,
     customer_id uuid        NOT NULL,
     status      text        NOT NULL,
-    -- [{product_id, quantity, unit_price_minor}], in the order's currency
+    -- [schema::views::OrderSummaryLine] as JSON, the same document Redis holds
     lines       jsonb       NOT NULL,
     total_minor bigint      NOT NULL,
     currency    text        NOT NULL,

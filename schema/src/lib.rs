@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod money;
 pub mod order;
 pub mod product;
+pub mod views;
 
 /// All SQL migrations (event store, outbox cursor, read models), embedded at
 /// compile time from `schema/migrations`. Services that own the primary run

@@ -1,1 +1,210 @@
+//! The end-to-end harness: one real stack per test binary.
+//!
+//! [`stack()`] starts, on first use, Postgres primary + streaming replica,
+//! Redis and the Kafka-protocol broker through the project's own
+//! `deploy/local/stack infra-up` (free loopback ports, a fresh directory), then
+//! runs command-service, projector and query-service in-process on a runtime of
+//! their own (so every test, whatever its runtime, talks to them over HTTP).
+//! A `stack watch-down` process tears the infrastructure down when the test
+//! binary exits, however it exits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use service_runtime::shutdown::CancellationToken;
+
+/// Addresses of a running stack.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub primary_url: String,
+    pub replica_url: String,
+    pub redis_url: String,
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub command_url: String,
+    pub query_url: String,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+
+/// The stack of this test binary, started on first call.
+pub fn stack() -> &'static Stack {
+    STACK.get_or_init(start)
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repo")
+        .to_path_buf()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start() -> Stack {
+    service_runtime::telemetry::init("e2e");
+    let dir = std::env::temp_dir().join(format!("cqrs-e2e-{}", std::process::id()));
+    let ports = [
+        ("PG_PRIMARY_PORT", free_port()),
+        ("PG_REPLICA_PORT", free_port()),
+        ("REDIS_PORT", free_port()),
+        ("BROKER_PORT", free_port()),
+    ];
+    let script = repo_root().join("deploy/local/stack");
+    let env = |cmd: &mut Command| {
+        cmd.env("STACK_DIR", &dir).env("BROKER_STORAGE", "memory");
+        for (name, port) in ports {
+            cmd.env(name, port.to_string());
+        }
+    };
+
+    // Tear-down is owned by a watcher outside this process, so it happens
+    // even when a test panics or the binary is killed.
+    let mut watcher = Command::new(&script);
+    watcher
+        .arg("watch-down")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    env(&mut watcher);
+    watcher.spawn().expect("spawn stack watch-down");
+
+    let mut up = Command::new(&script);
+    up.arg("infra-up").stdin(Stdio::null());
+    env(&mut up);
+    let started = Instant::now();
+    let output = up.output().expect("run deploy/local/stack infra-up");
+    assert!(
+        output.status.success(),
+        "stack infra-up failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("e2e: infrastructure up in {:?} at {}", started.elapsed(), dir.display());
+
+    let port = |name: &str| ports.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).unwrap();
+    let primary_url = format!("postgres://app:app@127.0.0.1:{}/app", port("PG_PRIMARY_PORT"));
+    let replica_url = format!("postgres://app:app@127.0.0.1:{}/app", port("PG_REPLICA_PORT"));
+    let redis_url = format!("redis://127.0.0.1:{}/", port("REDIS_PORT"));
+    let brokers = format!("127.0.0.1:{}", port("BROKER_PORT"));
+    let topics = event_bus::TopicSettings {
+        brokers: brokers.clone(),
+        prefix: "events".to_owned(),
+        partitions: 4,
+        replication: 1,
+    };
+
+    let (command_port, query_port) = run_services(
+        primary_url.clone(),
+        replica_url.clone(),
+        redis_url.clone(),
+        topics.clone(),
+    );
+    let stack = Stack {
+        primary_url,
+        replica_url,
+        redis_url,
+        brokers,
+        topic_prefix: topics.prefix,
+        command_url: format!("http://127.0.0.1:{command_port}"),
+        query_url: format!("http://127.0.0.1:{query_port}"),
+    };
+    eprintln!("e2e: services up in {:?}: {stack:?}", started.elapsed());
+    stack
+}
+
+/// Builds and runs the three services on a dedicated runtime thread; returns
+/// the HTTP ports of command-service and query-service.
+fn run_services(
+    primary_url: String,
+    replica_url: String,
+    redis_url: String,
+    topics: event_bus::TopicSettings,
+) -> (u16, u16) {
+    let (ports_tx, ports_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("services runtime");
+        runtime.block_on(async move {
+            let shutdown = CancellationToken::new();
+            let query = query_service::startup::Application::build(query_service::config::Config {
+                http_addr: "127.0.0.1:0".parse().expect("socket address"),
+                ..query_service::config::Config::new(replica_url, redis_url.clone())
+            })
+            .await
+            .expect("query-service builds");
+            let query_port = query.port();
+            let command = command_service::startup::Application::build(
+                command_service::config::Config {
+                    http_addr: "127.0.0.1:0".to_owned(),
+                    database_url: primary_url.clone(),
+                    pool_size: 16,
+                    acquire_timeout: Duration::from_secs(5),
+                    query_public_url: format!("http://127.0.0.1:{query_port}"),
+                    body_limit_bytes: 64 * 1024,
+                    topics: topics.clone(),
+                    relay: command_service::config::RelayConfig {
+                        enabled: true,
+                        batch_size: 500,
+                        poll_interval: Duration::from_millis(20),
+                        delivery_timeout: Duration::from_secs(30),
+                    },
+                },
+            )
+            .await
+            .expect("command-service builds");
+            let command_port = command.port();
+            let projector = projector::startup::Application::build(projector::config::Config {
+                http_addr: "127.0.0.1:0".to_owned(),
+                database_url: primary_url,
+                pool_size: 4,
+                redis_url,
+                topics,
+                group_id: "projector".to_owned(),
+                batch_size: 500,
+                batch_timeout: Duration::from_millis(20),
+            })
+            .await
+            .expect("projector builds");
+            ports_tx.send((command_port, query_port)).expect("report ports");
+            let _ = tokio::join!(
+                command.run_until_stopped(shutdown.clone()),
+                query.run_until_stopped(shutdown.clone()),
+                projector.run_until_stopped(shutdown),
+            );
+        });
+    });
+    ports_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("services started")
+}
+
+/// Polls `probe` until it returns `Some`, or panics after `deadline` with `what`.
+/// The only way tests wait for eventual consistency: never a fixed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

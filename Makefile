@@ -1,0 +1,47 @@
+# Local developer entry points. The stack itself is managed by deploy/local/stack
+# (see deploy/local/README.md); its settings (ports, STACK_DIR, BROKER_STORAGE)
+# are read from the environment, e.g. `BROKER_STORAGE=memory make up`.
+
+STACK := deploy/local/stack
+DEMO  := deploy/local/demo
+
+.DEFAULT_GOAL := help
+.PHONY: help up down status logs demo install test lint
+
+help:
+	@echo "make up       install deps, start infra + services, run the demo"
+	@echo "make down     stop everything started by the stack"
+	@echo "make status   one line per component"
+	@echo "make logs     tail logs (make logs C=pg-primary for one component)"
+	@echo "make demo     place an order and read it back"
+	@echo "make install  install prerequisites (apt packages, tansu)"
+	@echo "make test     install prerequisites, then cargo test --workspace --locked"
+	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
+
+up:
+	$(STACK) up
+	$(DEMO)
+
+down:
+	$(STACK) down
+
+status:
+	$(STACK) status
+
+logs:
+	$(STACK) logs $(C)
+
+demo:
+	$(DEMO)
+
+install:
+	$(STACK) install
+
+# Tests start their own throwaway stacks; they only need the binaries installed.
+test:
+	$(STACK) install
+	cargo test --workspace --locked
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings

@@ -1,0 +1,69 @@
+//! command-service configuration, read from the environment (see the README's
+//! configuration table).
+
+use std::time::Duration;
+
+use event_bus::TopicSettings;
+use service_runtime::config::{optional, required, ConfigError};
+
+/// Everything command-service needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `COMMAND_HTTP_ADDR`: where the HTTP API listens (`127.0.0.1:0` picks a free port).
+    pub http_addr: String,
+    /// `PRIMARY_DATABASE_URL`: the Postgres primary (event store + outbox).
+    pub database_url: String,
+    /// `PRIMARY_POOL_SIZE`: connections to the primary.
+    pub pool_size: u32,
+    /// `PRIMARY_ACQUIRE_TIMEOUT_MS`: longest wait for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// `QUERY_PUBLIC_URL`: base URL of query-service, for `Location` headers.
+    pub query_public_url: String,
+    /// `BODY_LIMIT_BYTES`: largest accepted JSON body.
+    pub body_limit_bytes: usize,
+    /// `KAFKA_BROKERS`, `KAFKA_TOPIC_PREFIX`, `KAFKA_TOPIC_PARTITIONS`, `KAFKA_TOPIC_REPLICATION`.
+    pub topics: TopicSettings,
+    pub relay: RelayConfig,
+}
+
+/// Outbox relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// `RELAY_ENABLED`: run the relay in this instance.
+    pub enabled: bool,
+    /// `RELAY_BATCH_SIZE`: events read and published per round.
+    pub batch_size: i64,
+    /// `RELAY_POLL_INTERVAL_MS`: pause when there was nothing to publish.
+    pub poll_interval: Duration,
+    /// `RELAY_DELIVERY_TIMEOUT_MS`: how long the producer retries one message
+    /// before the batch is failed and re-read from the cursor.
+    pub delivery_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            http_addr: optional("COMMAND_HTTP_ADDR", "127.0.0.1:8080".to_owned())?,
+            database_url: required("PRIMARY_DATABASE_URL")?,
+            pool_size: optional("PRIMARY_POOL_SIZE", 16)?,
+            acquire_timeout: Duration::from_millis(optional("PRIMARY_ACQUIRE_TIMEOUT_MS", 2_000)?),
+            query_public_url: optional("QUERY_PUBLIC_URL", "http://127.0.0.1:8081".to_owned())?,
+            body_limit_bytes: optional("BODY_LIMIT_BYTES", 64 * 1024)?,
+            topics: TopicSettings {
+                brokers: optional("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
+                prefix: optional("KAFKA_TOPIC_PREFIX", "events".to_owned())?,
+                partitions: optional("KAFKA_TOPIC_PARTITIONS", 4)?,
+                replication: optional("KAFKA_TOPIC_REPLICATION", 1)?,
+            },
+            relay: RelayConfig {
+                enabled: optional("RELAY_ENABLED", true)?,
+                batch_size: optional("RELAY_BATCH_SIZE", 500)?,
+                poll_interval: Duration::from_millis(optional("RELAY_POLL_INTERVAL_MS", 20)?),
+                delivery_timeout: Duration::from_millis(optional(
+                    "RELAY_DELIVERY_TIMEOUT_MS",
+                    30_000,
+                )?),
+            },
+        })
+    }
+}

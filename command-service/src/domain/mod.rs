@@ -1,0 +1,37 @@
+//! The pure domain layer of command-service: the `Product` and `Order`
+//! aggregates, their commands and their business rules.
+//!
+//! Nothing here does I/O. Every rule lives in an aggregate's `handle`, which
+//! either emits past-tense events or returns a typed error; `apply` only folds
+//! events into state, because it also runs when events are replayed from the
+//! store and replay must never fail.
+//!
+//! The events themselves belong to the `schema` crate (they are a contract
+//! shared with the projector). cqrs-es needs them to implement its
+//! `DomainEvent` trait, which the orphan rule forbids for two foreign types,
+//! so each aggregate module defines a `#[serde(transparent)]` newtype
+//! ([`StoredProductEvent`], [`StoredOrderEvent`]) whose JSON is byte-identical
+//! to the schema enum it wraps.
+
+pub mod guard;
+pub mod order;
+pub mod product;
+
+pub use guard::{Guarded, VersionMismatch};
+pub use order::{Order, OrderCommand, OrderError, OrderStatus, StoredOrderEvent};
+pub use product::{Product, ProductCommand, ProductError, StoredProductEvent};
+
+/// How a rejected command should be reported, independent of transport.
+///
+/// The HTTP layer maps these to status codes; keeping the classification here
+/// means a new error variant cannot be added without deciding its class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleKind {
+    /// The aggregate does not exist (HTTP 404).
+    NotFound,
+    /// The command collides with the aggregate's current identity or version
+    /// (HTTP 409): retrying after re-reading may succeed.
+    Conflict,
+    /// The command breaks a business rule or carries invalid data (HTTP 422).
+    Violation,
+}

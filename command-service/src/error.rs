@@ -1,0 +1,119 @@
+//! The one error type of command-service, and how each case is reported over
+//! HTTP as an RFC 9457 problem.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use problem_details::{FieldError, Problem};
+
+use crate::domain::{OrderError, ProductError, RuleKind};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Product(#[from] ProductError),
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// Another command appended to the same aggregate between our load and
+    /// our append (the event store's primary key caught it).
+    #[error("the aggregate was changed by a concurrent command")]
+    ConcurrentWrite,
+    #[error("If-Match must be an aggregate version such as \"3\"")]
+    InvalidIfMatch,
+    #[error("event store unavailable: {0}")]
+    StoreUnavailable(#[source] BoxError),
+    #[error("event store error: {0}")]
+    Store(#[source] BoxError),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Every command of this domain appends at least one event or fails; an
+    /// empty append is a bug, reported rather than answered with a made-up version.
+    #[error("the command appended no event")]
+    NothingAppended,
+}
+
+impl CommandError {
+    fn problem(&self) -> Problem {
+        match self {
+            Self::Product(e) => rule_problem(e.kind(), e.to_string(), product_field(e)),
+            Self::Order(e) => rule_problem(e.kind(), e.to_string(), order_field(e)),
+            Self::ConcurrentWrite => Problem::typed(
+                StatusCode::CONFLICT,
+                "/problems/concurrent-write",
+                "Concurrent modification",
+            )
+            .with_detail(self.to_string()),
+            Self::InvalidIfMatch => Problem::typed(
+                StatusCode::BAD_REQUEST,
+                "/problems/invalid-if-match",
+                "Invalid If-Match header",
+            )
+            .with_detail(self.to_string()),
+            Self::StoreUnavailable(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                .with_detail("the event store is unavailable, retry later")
+                .with_retry_after(1),
+            Self::Store(_) | Self::Database(_) | Self::NothingAppended => {
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+}
+
+fn product_field(error: &ProductError) -> Option<FieldError> {
+    match error {
+        ProductError::InvalidField { field, reason } => Some(FieldError {
+            field: (*field).to_owned(),
+            detail: reason.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn order_field(error: &OrderError) -> Option<FieldError> {
+    match error {
+        OrderError::InvalidField { field, reason } => Some(FieldError {
+            field: field.to_string(),
+            detail: reason.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn rule_problem(kind: RuleKind, detail: String, field: Option<FieldError>) -> Problem {
+    let problem = match kind {
+        RuleKind::NotFound => Problem::new(StatusCode::NOT_FOUND),
+        RuleKind::Conflict => {
+            Problem::typed(StatusCode::CONFLICT, "/problems/conflict", "Version conflict")
+        }
+        RuleKind::Violation if field.is_some() => Problem::typed(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/validation",
+            "Invalid command",
+        ),
+        RuleKind::Violation => Problem::typed(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/rule-violation",
+            "Business rule violated",
+        ),
+    };
+    let problem = problem.with_detail(detail);
+    match field {
+        Some(field) => problem.with_field_errors(vec![field]),
+        None => problem,
+    }
+}
+
+impl ResponseError for CommandError {
+    fn status_code(&self) -> StatusCode {
+        self.problem().status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let problem = self.problem();
+        if problem.status_code().is_server_error() {
+            tracing::error!(error = %self, "command failed");
+        }
+        problem.to_response()
+    }
+}

@@ -1,0 +1,124 @@
+//! Builds the service from its [`Config`] and runs it until shutdown.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use problem_details::Problem;
+use service_runtime::shutdown::CancellationToken;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tracing_actix_web::TracingLogger;
+
+use crate::commands::CommandBus;
+use crate::config::Config;
+use crate::http::{self, QueryPublicUrl};
+use crate::relay::{OutboxRelay, RelayError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("connecting to the primary database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("running migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("binding the HTTP listener: {0}")]
+    Bind(#[from] std::io::Error),
+    #[error("creating the outbox relay: {0}")]
+    Relay(#[from] RelayError),
+}
+
+/// A built command-service: HTTP server bound, relay ready, nothing running yet.
+pub struct Application {
+    port: u16,
+    server: Server,
+    relay: Option<OutboxRelay>,
+}
+
+impl Application {
+    /// Connects to the primary, applies migrations, binds the listener
+    /// (`127.0.0.1:0` picks a free port) and prepares the relay.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size)
+            .acquire_timeout(config.acquire_timeout)
+            .connect(&config.database_url)
+            .await?;
+        schema::MIGRATOR.run(&pool).await?;
+
+        let listener = TcpListener::bind(&config.http_addr)?;
+        let port = listener.local_addr()?.port();
+        let server = http_server(listener, pool.clone(), &config)?;
+        let relay = if config.relay.enabled {
+            Some(OutboxRelay::new(pool, config.topics, config.relay)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            port,
+            server,
+            relay,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` is cancelled (or the server fails), then drains
+    /// in-flight requests and lets the relay finish its batch.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let relay = self.relay.map(|relay| tokio::spawn(relay.run(shutdown.clone())));
+        let handle = self.server.handle();
+        let stopper = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                handle.stop(true).await;
+            })
+        };
+        let served = self.server.await;
+        shutdown.cancel();
+        let _ = stopper.await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
+        served
+    }
+}
+
+fn http_server(listener: TcpListener, pool: PgPool, config: &Config) -> std::io::Result<Server> {
+    let bus = web::Data::new(CommandBus::new(pool.clone()));
+    let base = web::Data::new(QueryPublicUrl(config.query_public_url.clone()));
+    let pool = web::Data::new(pool);
+    let body_limit = config.body_limit_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(TracingLogger::default())
+            .app_data(problem_details::json_config(body_limit))
+            .app_data(problem_details::path_config())
+            .app_data(problem_details::query_config())
+            .app_data(bus.clone())
+            .app_data(base.clone())
+            .app_data(pool.clone())
+            .route("/health/live", web::get().to(HttpResponse::Ok))
+            .route("/health/ready", web::get().to(ready))
+            .configure(http::routes)
+            .default_service(web::to(problem_details::route_not_found))
+    })
+    .listen(listener)?
+    // The process' shutdown signal is handled once, by the cancellation token.
+    .disable_signals()
+    .run();
+    Ok(server)
+}
+
+/// Ready when the primary answers.
+async fn ready(pool: web::Data<PgPool>) -> HttpResponse {
+    match sqlx::query!("SELECT 1 AS one").fetch_one(pool.get_ref()).await {
+        Ok(_) => HttpResponse::Ok().finish(),
+        Err(error) => Problem::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
+            .with_detail(format!("primary database: {error}"))
+            .with_retry_after(1)
+            .to_response(),
+    }
+}

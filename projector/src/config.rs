@@ -1,0 +1,48 @@
+//! projector configuration, read from the environment (see the README's
+//! configuration table).
+
+use std::time::Duration;
+
+use event_bus::TopicSettings;
+use service_runtime::config::{optional, required, ConfigError};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `PROJECTOR_HTTP_ADDR`: health endpoints (`127.0.0.1:0` picks a free port).
+    pub http_addr: String,
+    /// `PRIMARY_DATABASE_URL`: read models are written to the primary and
+    /// reach the replicas by streaming replication.
+    pub database_url: String,
+    /// `PROJECTOR_POOL_SIZE`
+    pub pool_size: u32,
+    /// `REDIS_URL`
+    pub redis_url: String,
+    /// `KAFKA_BROKERS`, `KAFKA_TOPIC_PREFIX`, `KAFKA_TOPIC_PARTITIONS`, `KAFKA_TOPIC_REPLICATION`.
+    pub topics: TopicSettings,
+    /// `PROJECTOR_GROUP_ID`: the consumer group; instances sharing it split the partitions.
+    pub group_id: String,
+    /// `PROJECTOR_BATCH_SIZE`: most messages applied in one transaction.
+    pub batch_size: usize,
+    /// `PROJECTOR_BATCH_TIMEOUT_MS`: longest wait to fill a batch once it has one message.
+    pub batch_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            http_addr: optional("PROJECTOR_HTTP_ADDR", "127.0.0.1:8082".to_owned())?,
+            database_url: required("PRIMARY_DATABASE_URL")?,
+            pool_size: optional("PROJECTOR_POOL_SIZE", 4)?,
+            redis_url: required("REDIS_URL")?,
+            topics: TopicSettings {
+                brokers: optional("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
+                prefix: optional("KAFKA_TOPIC_PREFIX", "events".to_owned())?,
+                partitions: optional("KAFKA_TOPIC_PARTITIONS", 4)?,
+                replication: optional("KAFKA_TOPIC_REPLICATION", 1)?,
+            },
+            group_id: optional("PROJECTOR_GROUP_ID", "projector".to_owned())?,
+            batch_size: optional("PROJECTOR_BATCH_SIZE", 500)?,
+            batch_timeout: Duration::from_millis(optional("PROJECTOR_BATCH_TIMEOUT_MS", 50)?),
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! Builds the projector from its [`Config`] and runs it until shutdown.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use event_bus::TopicSettings;
+use problem_details::Problem;
+use service_runtime::shutdown::CancellationToken;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tracing_actix_web::TracingLogger;
+
+use crate::config::Config;
+use crate::consumer::Projector;
+use crate::redis_sink::RedisSink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("connecting to the primary database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("running migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("connecting to redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("creating the kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("binding the HTTP listener: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    projector: Projector,
+    topics: TopicSettings,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.pool_size)
+            .connect(&config.database_url)
+            .await?;
+        schema::MIGRATOR.run(&pool).await?;
+        let redis = redis::Client::open(config.redis_url.as_str())?;
+        let redis = RedisSink::new(redis::aio::ConnectionManager::new(redis).await?);
+        let projector = Projector::new(&config, pool.clone(), redis)?;
+
+        let listener = TcpListener::bind(&config.http_addr)?;
+        let port = listener.local_addr()?.port();
+        let pool = web::Data::new(pool);
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(pool.clone())
+                .route("/health/live", web::get().to(HttpResponse::Ok))
+                .route("/health/ready", web::get().to(ready))
+                .default_service(web::to(problem_details::route_not_found))
+        })
+        .workers(1)
+        .listen(listener)?
+        .disable_signals()
+        .run();
+        Ok(Self {
+            port,
+            server,
+            projector,
+            topics: config.topics,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Consumes and serves health until `shutdown`; the batch in progress is
+    /// committed before returning.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Self {
+            server,
+            projector,
+            topics,
+            ..
+        } = self;
+        let consumer = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(projector.run(topics, shutdown))
+        };
+        let handle = server.handle();
+        let stopper = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                handle.stop(true).await;
+            })
+        };
+        let served = server.await;
+        shutdown.cancel();
+        let _ = stopper.await;
+        let _ = consumer.await;
+        served
+    }
+}
+
+async fn ready(pool: web::Data<PgPool>) -> HttpResponse {
+    match sqlx::query!("SELECT 1 AS one").fetch_one(pool.get_ref()).await {
+        Ok(_) => HttpResponse::Ok().finish(),
+        Err(error) => Problem::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
+            .with_detail(format!("primary database: {error}"))
+            .with_retry_after(1)
+            .to_response(),
+    }
+}

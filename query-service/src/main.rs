@@ -1,0 +1,14 @@
+use query_service::config::Config;
+use query_service::startup::Application;
+use service_runtime::shutdown::{cancel_on_signal, CancellationToken};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    service_runtime::telemetry::init("query-service");
+    let config = Config::from_env()?;
+    let app = Application::build(config).await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `GET /customers/{id}/orders`: a customer's order history in a time range.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::QueryError;
+use crate::params::{page_limit, TimeRange};
+use crate::read_model::{self, OrderHistoryItem};
+
+/// Default number of history entries returned.
+pub const DEFAULT_LIMIT: u32 = 500;
+/// Most history entries one request returns.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Query string. Timestamps are RFC 3339; a `+` in an offset must be
+/// percent-encoded (`%2B`), as in any query string.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub limit: Option<u32>,
+}
+
+/// Response body.
+#[derive(Debug, Serialize)]
+pub struct HistoryResponse {
+    pub customer_id: Uuid,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub items: Vec<OrderHistoryItem>,
+}
+
+/// Entries with `from <= occurred_at < to`, ordered by occurred_at, order_id,
+/// version. A customer without history (or unknown) gets an empty list: a
+/// customer id is not an aggregate of this system.
+pub async fn list_orders(
+    path: web::Path<Uuid>,
+    query: web::Query<HistoryQuery>,
+    pool: web::Data<PgPool>,
+) -> Result<HttpResponse, QueryError> {
+    let customer_id = path.into_inner();
+    let range = TimeRange::resolve(query.from, query.to, Utc::now())?;
+    let limit = page_limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let items = read_model::customer_order_history(&pool, customer_id, range, limit).await?;
+    Ok(HttpResponse::Ok().json(HistoryResponse {
+        customer_id,
+        from: range.from,
+        to: range.to,
+        items,
+    }))
+}

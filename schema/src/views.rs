@@ -1,0 +1,74 @@
+//! Read-model documents that cross a process boundary: the projector writes
+//! them to Redis and query-service serves them (from Redis or, rebuilt from
+//! the same columns, from a Postgres replica). One type, so both sides agree.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::money::Money;
+
+/// Redis key of an order summary document.
+pub fn order_summary_key(order_id: Uuid) -> String {
+    format!("order_summary:{order_id}")
+}
+
+/// Lifecycle of an order as the read side reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Placed,
+    Confirmed,
+    Cancelled,
+    Shipped,
+}
+
+impl OrderStatus {
+    /// The value stored in `order_summary.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Placed => "placed",
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+            Self::Shipped => "shipped",
+        }
+    }
+}
+
+impl std::str::FromStr for OrderStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "placed" => Ok(Self::Placed),
+            "confirmed" => Ok(Self::Confirmed),
+            "cancelled" => Ok(Self::Cancelled),
+            "shipped" => Ok(Self::Shipped),
+            other => Err(format!("unknown order status {other:?}")),
+        }
+    }
+}
+
+/// One line of an [`OrderSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSummaryLine {
+    pub product_id: Uuid,
+    pub quantity: u32,
+    pub unit_price: Money,
+    /// `quantity × unit_price`.
+    pub amount: Money,
+}
+
+/// The denormalized view of one order. `version` is the sequence of the last
+/// order event folded into it; a newer document always has a higher version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub status: OrderStatus,
+    pub lines: Vec<OrderSummaryLine>,
+    pub total: Money,
+    pub placed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}

@@ -1,0 +1,433 @@
+//! The spine end to end: commands through command-service, events through the
+//! outbox relay and Kafka, read models built by the projector, reads served by
+//! query-service from the replica and from Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use e2e_tests::{eventually, stack};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+const CONSISTENCY: Duration = Duration::from_secs(30);
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// POSTs a command and returns (status, body, headers).
+async fn command(path: &str, body: Value) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let response = client()
+        .post(format!("{}{path}", stack().command_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body, headers)
+}
+
+async fn accepted(path: &str, body: Value) -> Value {
+    let (status, body, _) = command(path, body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{path}: {body}");
+    body
+}
+
+async fn create_product(sku: &str, price: i64) -> Uuid {
+    let body = accepted(
+        "/products",
+        json!({"sku": sku, "name": format!("Product {sku}"), "price": {"amount_minor": price, "currency": "EUR"}}),
+    )
+    .await;
+    body["aggregate_id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn get_query(path: &str) -> reqwest::Response {
+    client()
+        .get(format!("{}{path}", stack().query_url))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits until query-service serves `path` with a body satisfying `ready`.
+async fn read_until(path: &str, ready: impl Fn(&Value) -> bool) -> (Value, String) {
+    eventually(path, CONSISTENCY, || async {
+        let response = get_query(path).await;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let source = response
+            .headers()
+            .get("x-read-source")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body: Value = response.json().await.ok()?;
+        ready(&body).then_some((body, source))
+    })
+    .await
+}
+
+fn sku() -> String {
+    format!("SKU-{}", Uuid::new_v4().simple())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica() {
+    let espresso = create_product(&sku(), 2_450).await;
+    let grinder = create_product(&sku(), 9_900).await;
+    let customer = Uuid::new_v4();
+
+    let (status, placed, headers) = command(
+        "/orders",
+        json!({"customer_id": customer, "lines": [
+            {"product_id": espresso, "quantity": 2, "unit_price": {"amount_minor": 2_450, "currency": "EUR"}},
+            {"product_id": grinder, "quantity": 1, "unit_price": {"amount_minor": 9_900, "currency": "EUR"}}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
+    let order: Uuid = placed["aggregate_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(placed["version"], 1);
+    assert!(placed["position"].as_i64().unwrap() > 0);
+    assert_eq!(
+        headers.get("location").unwrap().to_str().unwrap(),
+        format!("{}/orders/{order}", stack().query_url)
+    );
+
+    let confirmed = accepted(&format!("/orders/{order}/confirm"), json!({})).await;
+    assert_eq!(confirmed["version"], 2);
+    assert!(confirmed["position"].as_i64() > placed["position"].as_i64());
+
+    // Redis first: the projector materialized the summary there.
+    let (summary, source) = read_until(&format!("/orders/{order}"), |b| {
+        b["status"] == "confirmed"
+    })
+    .await;
+    assert_eq!(source, "redis");
+    assert_eq!(summary["version"], 2);
+    assert_eq!(summary["customer_id"], customer.to_string());
+    assert_eq!(summary["total"], json!({"amount_minor": 14_800, "currency": "EUR"}));
+    assert_eq!(summary["lines"].as_array().unwrap().len(), 2);
+
+    // Without the Redis copy, the same document comes from the replica.
+    let mut redis = redis::Client::open(stack().redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(schema::views::order_summary_key(order))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (from_replica, source) = read_until(&format!("/orders/{order}"), |_| true).await;
+    assert_eq!(source, "replica");
+    assert_eq!(from_replica, summary);
+
+    // The replica query-service reads is a real standby.
+    let replica = PgPoolOptions::new().connect(&stack().replica_url).await.unwrap();
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&replica)
+        .await
+        .unwrap();
+    assert!(in_recovery, "query-service must read from a standby");
+
+    // Customer history: one row per event, in the month's partition.
+    let (history, _) = read_until(&format!("/customers/{customer}/orders"), |b| {
+        b["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    let kinds: Vec<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["placed", "confirmed"]);
+    let partition: String = sqlx::query_scalar(
+        "SELECT tableoid::regclass::text FROM customer_order_history WHERE order_id = $1 LIMIT 1",
+    )
+    .bind(order)
+    .fetch_one(&replica)
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    assert_eq!(
+        partition,
+        format!("customer_order_history_p{}", now.format("%Y_%m"))
+    );
+
+    // Daily sales booked on confirmation.
+    let today = now.date_naive();
+    let (sales, _) = read_until(
+        &format!("/reports/daily-sales?from={today}&to={today}&product_id={espresso}"),
+        |b| b["items"].as_array().is_some_and(|i| !i.is_empty()),
+    )
+    .await;
+    assert_eq!(sales["items"][0]["units"], 2);
+    assert_eq!(sales["items"][0]["revenue_minor"], 4_900);
+
+    // And the catalog.
+    let (product, _) = read_until(&format!("/products/{grinder}"), |_| true).await;
+    assert_eq!(product["price"], json!({"amount_minor": 9_900, "currency": "EUR"}));
+    assert_eq!(product["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_query_prunes_to_the_requested_months() {
+    let pool = PgPoolOptions::new().connect(&stack().replica_url).await.unwrap();
+    // Make sure several monthly partitions exist (the projector creates the
+    // current one; these stand in for older months).
+    let primary = PgPoolOptions::new().connect(&stack().primary_url).await.unwrap();
+    for (name, from, to) in [
+        ("customer_order_history_p2020_01", "2020-01-01", "2020-02-01"),
+        ("customer_order_history_p2020_02", "2020-02-01", "2020-03-01"),
+    ] {
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF customer_order_history \
+             FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')"
+        ))
+        .execute(&primary)
+        .await
+        .unwrap();
+    }
+    let plan: Vec<String> = eventually("partitions replicated", CONSISTENCY, || async {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN SELECT * FROM customer_order_history \
+              WHERE customer_id = '00000000-0000-0000-0000-000000000001' \
+                AND occurred_at >= '2020-01-05T00:00:00Z' AND occurred_at < '2020-01-20T00:00:00Z'",
+        )
+        .fetch_all(&pool)
+        .await
+        .ok()?;
+        rows.iter().any(|l| l.contains("p2020_01")).then_some(rows)
+    })
+    .await;
+    let text = plan.join("\n");
+    assert!(!text.contains("p2020_02"), "February scanned:\n{text}");
+    assert!(!text.contains(&format!("p{}", chrono::Utc::now().format("%Y_%m"))), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_kafka_keyed_by_aggregate_in_order_with_metadata_headers() {
+    let product = create_product(&sku(), 100).await;
+    accepted(&format!("/products/{product}/rename"), json!({"name": "Renamed"})).await;
+    accepted(&format!("/products/{product}/discontinue"), json!({})).await;
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack().brokers)
+        .set("group.id", format!("e2e-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let topic = schema::envelope::topic_for(&stack().topic_prefix, "Product");
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut seen: Vec<(i64, String)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + CONSISTENCY;
+    while seen.len() < 3 {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("three events of the product within the deadline")
+            .unwrap();
+        if message.key() != Some(product.to_string().as_bytes()) {
+            continue;
+        }
+        let headers = message.headers().unwrap();
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .filter_map(|h| h.value.map(|v| (h.key, v)))
+            .collect();
+        let headers = schema::envelope::EventHeaders::from_pairs(pairs).unwrap();
+        assert_eq!(headers.aggregate_id, product.to_string());
+        let event =
+            schema::envelope::AnyEvent::decode(&headers.aggregate_type, message.payload().unwrap())
+                .unwrap();
+        assert!(matches!(event, schema::envelope::AnyEvent::Product(_)));
+        seen.push((headers.sequence, headers.event_type));
+    }
+    assert_eq!(
+        seen,
+        [
+            (1, "ProductCreated".to_owned()),
+            (2, "ProductRenamed".to_owned()),
+            (3, "ProductDiscontinued".to_owned())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicated_event_changes_nothing() {
+    let product = create_product(&sku(), 500).await;
+    let customer = Uuid::new_v4();
+    let placed = accepted(
+        "/orders",
+        json!({"customer_id": customer, "lines": [
+            {"product_id": product, "quantity": 1, "unit_price": {"amount_minor": 500, "currency": "EUR"}}
+        ]}),
+    )
+    .await;
+    let order = placed["aggregate_id"].as_str().unwrap().to_owned();
+    read_until(&format!("/orders/{order}"), |b| b["version"] == 1).await;
+
+    // Redeliver OrderPlaced (sequence 1) with different content, as a broken
+    // producer or a replay would: it must be recognised and dropped.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack().brokers)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let headers = schema::envelope::EventHeaders {
+        aggregate_type: "Order".into(),
+        aggregate_id: order.clone(),
+        sequence: 1,
+        position: placed["position"].as_i64().unwrap(),
+        event_type: "OrderPlaced".into(),
+        event_version: "1".into(),
+        occurred_at: chrono::Utc::now(),
+    };
+    let kafka_headers = headers.to_pairs().into_iter().fold(
+        rdkafka::message::OwnedHeaders::new(),
+        |h, (key, value)| {
+            h.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        },
+    );
+    let forged = json!({"OrderPlaced": {"customer_id": customer, "lines": [
+        {"product_id": product, "quantity": 99, "unit_price": {"amount_minor": 1, "currency": "EUR"}}
+    ]}})
+    .to_string();
+    let topic = schema::envelope::topic_for(&stack().topic_prefix, "Order");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .key(&order)
+                .payload(&forged)
+                .headers(kafka_headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    // A later real event on the same key lands in the same partition after the
+    // duplicate, so once it is visible the duplicate has been processed.
+    accepted(&format!("/orders/{order}/confirm"), json!({})).await;
+    let (summary, _) = read_until(&format!("/orders/{order}"), |b| b["version"] == 2).await;
+    assert_eq!(summary["lines"][0]["quantity"], 1);
+    assert_eq!(summary["total"]["amount_minor"], 500);
+    let (history, _) = read_until(&format!("/customers/{customer}/orders"), |b| {
+        b["items"].as_array().is_some_and(|i| i.len() >= 2)
+    })
+    .await;
+    assert_eq!(history["items"].as_array().unwrap().len(), 2, "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_get_problem_details_and_append_nothing() {
+    let product = create_product(&sku(), 700).await;
+    let line = json!({"product_id": product, "quantity": 1, "unit_price": {"amount_minor": 700, "currency": "EUR"}});
+
+    let expect_problem = |status: StatusCode, body: &Value, headers: &reqwest::header::HeaderMap, want: StatusCode| {
+        assert_eq!(status, want, "{body}");
+        assert_eq!(
+            headers.get("content-type").unwrap(),
+            "application/problem+json",
+            "{body}"
+        );
+        assert_eq!(body["status"], want.as_u16());
+        assert!(body["title"].is_string());
+    };
+
+    // 404: unknown aggregate.
+    let (s, b, h) = command(&format!("/orders/{}/confirm", Uuid::new_v4()), json!({})).await;
+    expect_problem(s, &b, &h, StatusCode::NOT_FOUND);
+
+    // 422: a rule (shipping an unconfirmed order) and a field (quantity 0).
+    let order = accepted("/orders", json!({"customer_id": Uuid::new_v4(), "lines": [line]}))
+        .await["aggregate_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, b, h) = command(&format!("/orders/{order}/ship"), json!({})).await;
+    expect_problem(s, &b, &h, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, b, h) = command(
+        "/orders",
+        json!({"customer_id": Uuid::new_v4(), "lines": [
+            {"product_id": product, "quantity": 0, "unit_price": {"amount_minor": 700, "currency": "EUR"}}
+        ]}),
+    )
+    .await;
+    expect_problem(s, &b, &h, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(b["errors"][0]["field"].as_str().unwrap().contains("quantity"), "{b}");
+
+    // 409: a stale If-Match.
+    let response = client()
+        .post(format!("{}/orders/{order}/confirm", stack().command_url))
+        .header("If-Match", "\"7\"")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (s, h) = (response.status(), response.headers().clone());
+    let b: Value = response.json().await.unwrap();
+    expect_problem(s, &b, &h, StatusCode::CONFLICT);
+
+    // 400: malformed JSON, unknown fields, a bad currency, a bad id.
+    let response = client()
+        .post(format!("{}/orders", stack().command_url))
+        .header("content-type", "application/json")
+        .body("{\"customer_id\": ")
+        .send()
+        .await
+        .unwrap();
+    let (s, h) = (response.status(), response.headers().clone());
+    let b: Value = response.json().await.unwrap();
+    expect_problem(s, &b, &h, StatusCode::BAD_REQUEST);
+    for body in [
+        json!({"customer_id": Uuid::new_v4(), "lines": [line], "discount": 5}),
+        json!({"customer_id": Uuid::new_v4(), "lines": [
+            {"product_id": product, "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "euro"}}
+        ]}),
+    ] {
+        let (s, b, h) = command("/orders", body).await;
+        expect_problem(s, &b, &h, StatusCode::BAD_REQUEST);
+    }
+    let (s, b, h) = command("/orders/not-a-uuid/confirm", json!({})).await;
+    expect_problem(s, &b, &h, StatusCode::BAD_REQUEST);
+
+    // None of the rejected commands appended anything: the order is still at
+    // version 1 and confirming it with the right version works.
+    let primary = PgPoolOptions::new().connect(&stack().primary_url).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(&order)
+        .fetch_one(&primary)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+    let response = client()
+        .post(format!("{}/orders/{order}/confirm", stack().command_url))
+        .header("If-Match", "\"1\"")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    // query-service: unknown order → 404 problem.
+    let response = get_query(&format!("/orders/{}", Uuid::new_v4())).await;
+    let (s, h) = (response.status(), response.headers().clone());
+    let b: Value = response.json().await.unwrap();
+    expect_problem(s, &b, &h, StatusCode::NOT_FOUND);
+}
