@@ -75,7 +75,9 @@ impl CommandBus {
             (metadata::COMMAND_ID.to_owned(), command_id.to_string()),
             (
                 metadata::OCCURRED_AT.to_owned(),
-                chrono::Utc::now().to_rfc3339(),
+                // Microseconds: the precision of timestamptz, so the time in
+                // the event and in every read model row is the same value.
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             ),
         ]);
         cqrs.execute_with_metadata(&id.to_string(), command, metadata)

@@ -36,8 +36,8 @@ pub enum CommandError {
 impl CommandError {
     fn problem(&self) -> Problem {
         match self {
-            Self::Product(e) => rule_problem(e.kind(), e.to_string(), product_field(e)),
-            Self::Order(e) => rule_problem(e.kind(), e.to_string(), order_field(e)),
+            Self::Product(e) => rule_problem(e.kind(), e.to_string(), e.field()),
+            Self::Order(e) => rule_problem(e.kind(), e.to_string(), e.field()),
             Self::ConcurrentWrite => Problem::typed(
                 StatusCode::CONFLICT,
                 "/problems/concurrent-write",
@@ -60,32 +60,16 @@ impl CommandError {
     }
 }
 
-fn product_field(error: &ProductError) -> Option<FieldError> {
-    match error {
-        ProductError::InvalidField { field, reason } => Some(FieldError {
-            field: (*field).to_owned(),
-            detail: reason.clone(),
-        }),
-        _ => None,
-    }
-}
-
-fn order_field(error: &OrderError) -> Option<FieldError> {
-    match error {
-        OrderError::InvalidField { field, reason } => Some(FieldError {
-            field: field.to_string(),
-            detail: reason.clone(),
-        }),
-        _ => None,
-    }
-}
-
-fn rule_problem(kind: RuleKind, detail: String, field: Option<FieldError>) -> Problem {
+/// A rejected command: 404, 409 or 422 by its [`RuleKind`]; a rejection that
+/// names a field lists it under `errors`.
+fn rule_problem(kind: RuleKind, detail: String, field: Option<&str>) -> Problem {
     let problem = match kind {
         RuleKind::NotFound => Problem::new(StatusCode::NOT_FOUND),
-        RuleKind::Conflict => {
-            Problem::typed(StatusCode::CONFLICT, "/problems/conflict", "Version conflict")
-        }
+        RuleKind::Conflict => Problem::typed(
+            StatusCode::CONFLICT,
+            "/problems/conflict",
+            "Conflicts with the aggregate's current state",
+        ),
         RuleKind::Violation if field.is_some() => Problem::typed(
             StatusCode::UNPROCESSABLE_ENTITY,
             "/problems/validation",
@@ -97,10 +81,12 @@ fn rule_problem(kind: RuleKind, detail: String, field: Option<FieldError>) -> Pr
             "Business rule violated",
         ),
     };
-    let problem = problem.with_detail(detail);
     match field {
-        Some(field) => problem.with_field_errors(vec![field]),
-        None => problem,
+        Some(field) => problem.with_detail(detail.clone()).with_field_errors(vec![FieldError {
+            field: field.to_owned(),
+            detail,
+        }]),
+        None => problem.with_detail(detail),
     }
 }
 

@@ -10,9 +10,13 @@
 //! fails, the service starts anyway, and [`keep_connecting`] (run by
 //! `Application::run_until_stopped`) retries in the background until the
 //! first connection succeeds. Until then requests skip Redis without waiting.
+//!
+//! While Redis is failing, a read waits up to the read timeout (the manager is
+//! reconnecting). To keep an outage from adding that delay to every request,
+//! a failed read makes the following reads skip Redis for [`FAILURE_BACKOFF`].
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
@@ -26,6 +30,8 @@ use uuid::Uuid;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to establish the first connection.
 const CONNECT_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long reads skip Redis after one failed.
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 /// Cap of the manager's own backoff between reconnect attempts, in ms.
 const RECONNECT_MAX_DELAY_MS: u64 = 2_000;
 
@@ -37,6 +43,7 @@ pub struct OrderCache {
     client: redis::Client,
     connection: OnceLock<ConnectionManager>,
     read_timeout: Duration,
+    skip_until: Mutex<Option<Instant>>,
 }
 
 impl OrderCache {
@@ -47,6 +54,7 @@ impl OrderCache {
             client: redis::Client::open(redis_url)?,
             connection: OnceLock::new(),
             read_timeout,
+            skip_until: Mutex::new(None),
         })
     }
 
@@ -97,6 +105,10 @@ impl OrderCache {
             tracing::debug!(%order_id, "redis not connected; skipping it");
             return None;
         };
+        if self.in_backoff() {
+            tracing::debug!(%order_id, "redis failed recently; skipping it");
+            return None;
+        }
         let mut connection = connection.clone();
         let key = order_summary_key(order_id);
         let read = connection.hget::<_, _, Option<String>>(&key, BODY_FIELD);
@@ -104,10 +116,12 @@ impl OrderCache {
             Ok(Ok(Some(body))) => body,
             Ok(Ok(None)) => return None,
             Ok(Err(error)) => {
+                self.start_backoff();
                 tracing::warn!(%order_id, %error, "redis read failed; falling back to the replica");
                 return None;
             }
             Err(_) => {
+                self.start_backoff();
                 tracing::warn!(
                     %order_id,
                     timeout_ms = self.read_timeout.as_millis(),
@@ -117,6 +131,22 @@ impl OrderCache {
             }
         };
         decode(order_id, &body)
+    }
+
+    fn in_backoff(&self) -> bool {
+        let skip_until = self
+            .skip_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        skip_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn start_backoff(&self) {
+        let mut skip_until = self
+            .skip_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *skip_until = Some(Instant::now() + FAILURE_BACKOFF);
     }
 }
 
@@ -182,6 +212,15 @@ mod tests {
             OrderCache::new("redis://127.0.0.1:1/", Duration::from_millis(50)).expect("valid url");
         assert!(!cache.is_connected());
         assert!(cache.order_summary(Uuid::from_u128(1)).await.is_none());
+    }
+
+    #[test]
+    fn a_failure_opens_a_backoff_window() {
+        let cache =
+            OrderCache::new("redis://127.0.0.1:1/", Duration::from_millis(50)).expect("valid url");
+        assert!(!cache.in_backoff());
+        cache.start_backoff();
+        assert!(cache.in_backoff());
     }
 
     #[test]

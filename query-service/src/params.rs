@@ -1,7 +1,7 @@
 //! Validation of query parameters: ranges and page sizes. Pure functions, so
 //! the rules are unit-tested without a server.
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
 
 use crate::error::QueryError;
 
@@ -44,8 +44,8 @@ impl TimeRange {
         if from >= to {
             return Err(QueryError::InvalidRange(format!(
                 "from ({}) must be before to ({})",
-                from.to_rfc3339(),
-                to.to_rfc3339()
+                from.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                to.to_rfc3339_opts(SecondsFormat::AutoSi, true)
             )));
         }
         if to - from > TimeDelta::days(Self::MAX_SPAN_DAYS) {

@@ -110,8 +110,10 @@ impl Application {
             result = &mut server => result,
             () = shutdown.cancelled() => {
                 tracing::info!("stopping query-service gracefully");
-                handle.stop(true).await;
-                server.await
+                // `stop` only queues the command; the server future carries
+                // it out, so both must be polled.
+                let ((), result) = tokio::join!(handle.stop(true), server);
+                result
             }
         };
         reconnect.abort();
@@ -136,4 +138,62 @@ fn replica_pool(config: &Config) -> Result<PgPool, StartupError> {
         .max_connections(config.replica_pool_size)
         .acquire_timeout(config.replica_acquire_timeout)
         .connect_lazy_with(options))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn starts_without_dependencies_and_stops_when_cancelled() {
+        let config = Config {
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            ..Config::new("postgres://app:app@127.0.0.1:1/app", "redis://127.0.0.1:1/")
+        };
+        let app = Application::build(config).await.expect("build");
+        let port = app.port();
+        assert_ne!(port, 0);
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+        shutdown.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "did not stop cleanly: {stopped:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_urls_stop_start_up() {
+        let bad_db = Config::new(
+            "postgres://app@127.0.0.1:notaport/app",
+            "redis://127.0.0.1:1/",
+        );
+        assert!(matches!(
+            Application::build(bad_db).await,
+            Err(StartupError::InvalidDatabaseUrl(_))
+        ));
+        let bad_redis = Config::new("postgres://app:app@127.0.0.1:1/app", "nope://");
+        assert!(matches!(
+            Application::build(bad_redis).await,
+            Err(StartupError::InvalidRedisUrl(_))
+        ));
+    }
 }

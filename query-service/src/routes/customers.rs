@@ -1,7 +1,7 @@
 //! `GET /customers/{id}/orders`: a customer's order history in a time range.
 
 use actix_web::{web, HttpResponse};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -42,7 +42,10 @@ pub async fn list_orders(
     pool: web::Data<PgPool>,
 ) -> Result<HttpResponse, QueryError> {
     let customer_id = path.into_inner();
-    let range = TimeRange::resolve(query.from, query.to, Utc::now())?;
+    // Postgres keeps microseconds; echoing finer defaults would name bounds
+    // the query did not use.
+    let now = Utc::now().trunc_subsecs(6);
+    let range = TimeRange::resolve(query.from, query.to, now)?;
     let limit = page_limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let items = read_model::customer_order_history(&pool, customer_id, range, limit).await?;
     Ok(HttpResponse::Ok().json(HistoryResponse {

@@ -45,3 +45,124 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
         .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    //! Routing, validation and failure paths, against a replica and a Redis
+    //! that are not there (nothing listens on port 1). Reads that succeed are
+    //! covered by the end-to-end suite, which runs the real stack.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use actix_web::http::header::HeaderMap;
+    use actix_web::http::{header, StatusCode};
+    use actix_web::{test, web, App};
+    use serde_json::Value;
+    use sqlx::postgres::PgPoolOptions;
+
+    use crate::cache::OrderCache;
+
+    async fn call(method: &str, uri: &str) -> (StatusCode, HeaderMap, Value) {
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(300))
+            .connect_lazy("postgres://app:app@127.0.0.1:1/app")
+            .expect("pool");
+        let cache =
+            OrderCache::new("redis://127.0.0.1:1/", Duration::from_millis(50)).expect("cache");
+        let app = test::init_service(
+            App::new()
+                .app_data(problem_details::path_config())
+                .app_data(problem_details::query_config())
+                .app_data(web::Data::new(pool))
+                .app_data(web::Data::from(Arc::new(cache)))
+                .configure(super::configure)
+                .default_service(web::to(problem_details::route_not_found)),
+        )
+        .await;
+        let req = test::TestRequest::default()
+            .method(method.parse().expect("method"))
+            .uri(uri)
+            .to_request();
+        let response = test::call_service(&app, req).await;
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = test::read_body(response).await;
+        (
+            status,
+            headers,
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    fn is_problem(headers: &HeaderMap) -> bool {
+        headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == problem_details::CONTENT_TYPE.as_bytes())
+    }
+
+    const ORDER: &str = "/orders/00000000-0000-0000-0000-000000000001";
+    const CUSTOMER: &str = "/customers/00000000-0000-0000-0000-000000000002/orders";
+
+    #[actix_web::test]
+    async fn client_errors_are_problems() {
+        let cases = [
+            ("GET", "/nowhere", StatusCode::NOT_FOUND),
+            ("POST", ORDER, StatusCode::METHOD_NOT_ALLOWED),
+            ("GET", "/orders/not-a-uuid", StatusCode::BAD_REQUEST),
+            ("GET", "/products?limit=-1", StatusCode::BAD_REQUEST),
+            ("GET", "/products?limit=0", StatusCode::BAD_REQUEST),
+            (
+                "GET",
+                &format!("{CUSTOMER}?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                &format!("{CUSTOMER}?from=2024-01-01T00:00:00Z&to=2026-01-01T00:00:00Z"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                &format!("{CUSTOMER}?from=yesterday"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/reports/daily-sales?to=2026-01-01",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/reports/daily-sales?from=2024-01-01&to=2025-01-01",
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (method, uri, status) in cases {
+            let (actual, headers, body) = call(method, uri).await;
+            assert_eq!(actual, status, "{method} {uri}: {body}");
+            assert!(is_problem(&headers), "{method} {uri}");
+            assert_eq!(body["status"], status.as_u16(), "{method} {uri}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn liveness_does_not_need_the_replica() {
+        let (status, _, body) = call("GET", "/health/live").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ok");
+    }
+
+    #[actix_web::test]
+    async fn unreachable_replica_is_503_with_retry_after() {
+        for uri in ["/health/ready", ORDER, "/products", CUSTOMER] {
+            let (status, headers, body) = call("GET", uri).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+            assert!(is_problem(&headers), "{uri}");
+            assert_eq!(
+                headers.get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+                Some(&b"1"[..]),
+                "{uri}"
+            );
+        }
+    }
+}
