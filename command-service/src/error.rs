@@ -82,10 +82,12 @@ fn rule_problem(kind: RuleKind, detail: String, field: Option<&str>) -> Problem 
         ),
     };
     match field {
-        Some(field) => problem.with_detail(detail.clone()).with_field_errors(vec![FieldError {
-            field: field.to_owned(),
-            detail,
-        }]),
+        Some(field) => problem
+            .with_detail(detail.clone())
+            .with_field_errors(vec![FieldError {
+                field: field.to_owned(),
+                detail,
+            }]),
         None => problem.with_detail(detail),
     }
 }

@@ -22,8 +22,14 @@ pub struct QueryPublicUrl(pub String);
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/products", web::post().to(create_product))
         .route("/products/{id}/rename", web::post().to(rename_product))
-        .route("/products/{id}/change-price", web::post().to(change_product_price))
-        .route("/products/{id}/discontinue", web::post().to(discontinue_product))
+        .route(
+            "/products/{id}/change-price",
+            web::post().to(change_product_price),
+        )
+        .route(
+            "/products/{id}/discontinue",
+            web::post().to(discontinue_product),
+        )
         .route("/orders", web::post().to(place_order))
         .route("/orders/{id}/lines", web::post().to(add_order_line))
         .route(
@@ -116,9 +122,7 @@ async fn rename_product(
     let command = ProductCommand::RenameProduct {
         name: body.into_inner().name,
     };
-    let done = bus
-        .product(*id, Guarded::new(command, if_match.0))
-        .await?;
+    let done = bus.product(*id, Guarded::new(command, if_match.0)).await?;
     Ok(accepted(&base, done))
 }
 
@@ -138,9 +142,7 @@ async fn change_product_price(
     let command = ProductCommand::ChangeProductPrice {
         price: body.into_inner().price,
     };
-    let done = bus
-        .product(*id, Guarded::new(command, if_match.0))
-        .await?;
+    let done = bus.product(*id, Guarded::new(command, if_match.0)).await?;
     Ok(accepted(&base, done))
 }
 
@@ -151,9 +153,7 @@ async fn discontinue_product(
     if_match: IfMatch,
 ) -> Result<HttpResponse, CommandError> {
     let command = ProductCommand::DiscontinueProduct;
-    let done = bus
-        .product(*id, Guarded::new(command, if_match.0))
-        .await?;
+    let done = bus.product(*id, Guarded::new(command, if_match.0)).await?;
     Ok(accepted(&base, done))
 }
 

@@ -81,7 +81,7 @@ impl OutboxRelay {
         let mut backoff = Backoff::default();
         while let Err(error) = event_bus::ensure_topics(&self.topics).await {
             tracing::warn!(%error, "cannot create event topics yet");
-            if sleep_or_shutdown(backoff.next(), &shutdown).await {
+            if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
                 return;
             }
         }
@@ -90,7 +90,7 @@ impl OutboxRelay {
                 Ok(cursor) => break cursor,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the outbox cursor yet");
-                    if sleep_or_shutdown(backoff.next(), &shutdown).await {
+                    if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
                         return;
                     }
                 }
@@ -115,7 +115,7 @@ impl OutboxRelay {
                     if self.producer.client().fatal_error().is_some() {
                         self.recreate_producer();
                     }
-                    if sleep_or_shutdown(backoff.next(), &shutdown).await {
+                    if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
                         break;
                     }
                 }
@@ -200,15 +200,16 @@ impl OutboxRelay {
                 event_version: row.event_version.clone(),
                 occurred_at,
             };
-            let kafka_headers = headers
-                .to_pairs()
-                .into_iter()
-                .fold(OwnedHeaders::new(), |h, (key, value)| {
-                    h.insert(Header {
-                        key,
-                        value: Some(value.as_bytes()),
-                    })
-                });
+            let kafka_headers =
+                headers
+                    .to_pairs()
+                    .into_iter()
+                    .fold(OwnedHeaders::new(), |h, (key, value)| {
+                        h.insert(Header {
+                            key,
+                            value: Some(value.as_bytes()),
+                        })
+                    });
             let topic = topic_for(&self.topics.prefix, &row.aggregate_type);
             let mut record = FutureRecord::to(&topic)
                 .key(row.aggregate_id.as_str())

@@ -67,7 +67,9 @@ impl Application {
     /// Serves until `shutdown` is cancelled (or the server fails), then drains
     /// in-flight requests and lets the relay finish its batch.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let relay = self.relay.map(|relay| tokio::spawn(relay.run(shutdown.clone())));
+        let relay = self
+            .relay
+            .map(|relay| tokio::spawn(relay.run(shutdown.clone())));
         let handle = self.server.handle();
         let stopper = {
             let shutdown = shutdown.clone();
@@ -114,7 +116,10 @@ fn http_server(listener: TcpListener, pool: PgPool, config: &Config) -> std::io:
 
 /// Ready when the primary answers.
 async fn ready(pool: web::Data<PgPool>) -> HttpResponse {
-    match sqlx::query!("SELECT 1 AS one").fetch_one(pool.get_ref()).await {
+    match sqlx::query!("SELECT 1 AS one")
+        .fetch_one(pool.get_ref())
+        .await
+    {
         Ok(_) => HttpResponse::Ok().finish(),
         Err(error) => Problem::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
             .with_detail(format!("primary database: {error}"))

@@ -50,7 +50,10 @@ pub enum TopicError {
     #[error("kafka admin client: {0}")]
     Client(#[source] KafkaError),
     #[error("creating topic {topic}: {code}")]
-    Create { topic: String, code: RDKafkaErrorCode },
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
 }
 
 /// Creates the event topics that do not exist yet. Safe to call from every

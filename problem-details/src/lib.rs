@@ -126,7 +126,8 @@ pub fn json_config(limit_bytes: usize) -> web::JsonConfig {
         .limit(limit_bytes)
         .error_handler(|err, _req| {
             let problem = match &err {
-                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
                     Problem::new(StatusCode::PAYLOAD_TOO_LARGE).with_detail(err.to_string())
                 }
                 JsonPayloadError::ContentType => Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE)
@@ -207,11 +208,17 @@ mod tests {
             .to_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
-            response.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
             Some(CONTENT_TYPE.as_bytes())
         );
         assert_eq!(
-            response.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
             Some(&b"2"[..])
         );
     }

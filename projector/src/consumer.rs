@@ -67,7 +67,7 @@ impl Projector {
         let mut backoff = Backoff::default();
         while let Err(error) = event_bus::ensure_topics(&topics).await {
             tracing::warn!(%error, "cannot create event topics yet");
-            if sleep_or_shutdown(backoff.next(), &shutdown).await {
+            if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
                 return;
             }
         }
@@ -126,7 +126,7 @@ impl Projector {
                     tracing::error!(%error, "applying batch failed; retrying");
                     // Shutdown mid-retry leaves offsets uncommitted: the next
                     // owner of these partitions applies the batch again.
-                    if sleep_or_shutdown(backoff.next(), shutdown).await {
+                    if sleep_or_shutdown(backoff.next_delay(), shutdown).await {
                         return;
                     }
                 }
@@ -161,12 +161,15 @@ impl Projector {
     fn commit(&self, batch: &[OwnedMessage]) {
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         for message in batch {
-            let entry = next.entry((message.topic(), message.partition())).or_insert(0);
+            let entry = next
+                .entry((message.topic(), message.partition()))
+                .or_insert(0);
             *entry = (*entry).max(message.offset() + 1);
         }
         let mut list = TopicPartitionList::new();
         for ((topic, partition), offset) in next {
-            if let Err(error) = list.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+            if let Err(error) = list.add_partition_offset(topic, partition, Offset::Offset(offset))
+            {
                 tracing::warn!(%error, "building offset list");
             }
         }

@@ -65,11 +65,7 @@ pub struct PartitionKeeper {
 
 impl PartitionKeeper {
     /// Makes sure every month in `months` has its partition.
-    pub async fn ensure(
-        &mut self,
-        pool: &PgPool,
-        months: &[Month],
-    ) -> Result<(), sqlx::Error> {
+    pub async fn ensure(&mut self, pool: &PgPool, months: &[Month]) -> Result<(), sqlx::Error> {
         for &month in months {
             if self.known.contains(&month) {
                 continue;
@@ -81,9 +77,11 @@ impl PartitionKeeper {
             // create of the same name; projector instances serialise on an
             // advisory lock for the few milliseconds DDL takes.
             let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('customer_order_history partitions'))")
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtext('customer_order_history partitions'))",
+            )
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(&ddl).execute(&mut *tx).await?;
             tx.commit().await?;
             tracing::info!(partition = %month.partition_name(), "partition ready");

@@ -104,7 +104,10 @@ impl Application {
 }
 
 async fn ready(pool: web::Data<PgPool>) -> HttpResponse {
-    match sqlx::query!("SELECT 1 AS one").fetch_one(pool.get_ref()).await {
+    match sqlx::query!("SELECT 1 AS one")
+        .fetch_one(pool.get_ref())
+        .await
+    {
         Ok(_) => HttpResponse::Ok().finish(),
         Err(error) => Problem::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
             .with_detail(format!("primary database: {error}"))

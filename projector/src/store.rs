@@ -183,8 +183,13 @@ async fn apply_order(
     let summary = order_summary::fold(current, id, event, headers.occurred_at, headers.sequence)
         .map_err(|source| ApplyError::Fold { id, source })?;
     save_summary(conn, &summary).await?;
-    record_history(conn, &summary, order_summary::history_kind(event), headers.occurred_at)
-        .await?;
+    record_history(
+        conn,
+        &summary,
+        order_summary::history_kind(event),
+        headers.occurred_at,
+    )
+    .await?;
     if sales_sign != 0 {
         book_sales(conn, &summary, sales_sign, headers).await?;
     }
@@ -283,8 +288,16 @@ async fn book_sales(
 ) -> Result<(), ApplyError> {
     let day = headers.occurred_at.date_naive();
     let products: Vec<Uuid> = s.lines.iter().map(|l| l.product_id).collect();
-    let units: Vec<i64> = s.lines.iter().map(|l| sign * i64::from(l.quantity)).collect();
-    let revenue: Vec<i64> = s.lines.iter().map(|l| sign * l.amount.amount_minor).collect();
+    let units: Vec<i64> = s
+        .lines
+        .iter()
+        .map(|l| sign * i64::from(l.quantity))
+        .collect();
+    let revenue: Vec<i64> = s
+        .lines
+        .iter()
+        .map(|l| sign * l.amount.amount_minor)
+        .collect();
     sqlx::query!(
         r#"INSERT INTO daily_sales (day, product_id, currency, units, revenue_minor, last_position)
            SELECT $1, p, $2, u, r, $3

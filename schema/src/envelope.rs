@@ -196,7 +196,9 @@ mod tests {
         pairs.push((header::POSITION, "x".into()));
         pairs.remove(3);
         let err = EventHeaders::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_bytes())));
-        assert!(matches!(err, Err(HeaderError::Malformed { name, .. }) if name == header::POSITION));
+        assert!(
+            matches!(err, Err(HeaderError::Malformed { name, .. }) if name == header::POSITION)
+        );
     }
 
     #[test]

@@ -35,9 +35,15 @@ fn check<E: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("missing golden file {}: {e}", path.display()));
     let golden: serde_json::Value = serde_json::from_str(&text).expect("golden is JSON");
-    assert_eq!(actual, golden, "wire format of {event_type} v{version} changed");
+    assert_eq!(
+        actual, golden,
+        "wire format of {event_type} v{version} changed"
+    );
     let decoded: E = serde_json::from_value(golden).expect("golden decodes");
-    assert_eq!(&decoded, event, "golden {event_type} v{version} decodes differently");
+    assert_eq!(
+        &decoded, event,
+        "golden {event_type} v{version} decodes differently"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Exponential backoff: each [`Backoff::next`] doubles the delay up to `max`;
+/// Exponential backoff: each [`Backoff::next_delay`] doubles the delay up to `max`;
 /// [`Backoff::reset`] after a success starts over.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -22,7 +22,7 @@ impl Backoff {
     }
 
     /// The delay to wait now.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let delay = self.current;
         self.current = (self.current * 2).min(self.max);
         delay
@@ -47,9 +47,9 @@ mod tests {
     #[test]
     fn doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let seen: Vec<_> = (0..4).map(|_| b.next().as_millis()).collect();
+        let seen: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(seen, [100, 200, 350, 350]);
         b.reset();
-        assert_eq!(b.next().as_millis(), 100);
+        assert_eq!(b.next_delay().as_millis(), 100);
     }
 }

@@ -38,7 +38,10 @@ async fn wait_for_signal() {
 
 /// Sleeps for `duration` unless shutdown comes first. Returns true if it did,
 /// so loops read `if sleep_or_shutdown(..).await { break }`.
-pub async fn sleep_or_shutdown(duration: std::time::Duration, shutdown: &CancellationToken) -> bool {
+pub async fn sleep_or_shutdown(
+    duration: std::time::Duration,
+    shutdown: &CancellationToken,
+) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(duration) => false,

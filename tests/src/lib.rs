@@ -77,7 +77,9 @@ fn start() -> Stack {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     env(&mut watcher);
-    watcher.spawn().expect("spawn stack watch-down");
+    // Deliberately never waited for: it must outlive this process.
+    #[allow(clippy::zombie_processes)]
+    let _watcher = watcher.spawn().expect("spawn stack watch-down");
 
     let mut up = Command::new(&script);
     up.arg("infra-up").stdin(Stdio::null());
@@ -90,11 +92,27 @@ fn start() -> Stack {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    eprintln!("e2e: infrastructure up in {:?} at {}", started.elapsed(), dir.display());
+    eprintln!(
+        "e2e: infrastructure up in {:?} at {}",
+        started.elapsed(),
+        dir.display()
+    );
 
-    let port = |name: &str| ports.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).unwrap();
-    let primary_url = format!("postgres://app:app@127.0.0.1:{}/app", port("PG_PRIMARY_PORT"));
-    let replica_url = format!("postgres://app:app@127.0.0.1:{}/app", port("PG_REPLICA_PORT"));
+    let port = |name: &str| {
+        ports
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .unwrap()
+    };
+    let primary_url = format!(
+        "postgres://app:app@127.0.0.1:{}/app",
+        port("PG_PRIMARY_PORT")
+    );
+    let replica_url = format!(
+        "postgres://app:app@127.0.0.1:{}/app",
+        port("PG_REPLICA_PORT")
+    );
     let redis_url = format!("redis://127.0.0.1:{}/", port("REDIS_PORT"));
     let brokers = format!("127.0.0.1:{}", port("BROKER_PORT"));
     let topics = event_bus::TopicSettings {
@@ -147,8 +165,8 @@ fn run_services(
             .await
             .expect("query-service builds");
             let query_port = query.port();
-            let command = command_service::startup::Application::build(
-                command_service::config::Config {
+            let command =
+                command_service::startup::Application::build(command_service::config::Config {
                     http_addr: "127.0.0.1:0".to_owned(),
                     database_url: primary_url.clone(),
                     pool_size: 16,
@@ -162,10 +180,9 @@ fn run_services(
                         poll_interval: Duration::from_millis(20),
                         delivery_timeout: Duration::from_secs(30),
                     },
-                },
-            )
-            .await
-            .expect("command-service builds");
+                })
+                .await
+                .expect("command-service builds");
             let command_port = command.port();
             let projector = projector::startup::Application::build(projector::config::Config {
                 http_addr: "127.0.0.1:0".to_owned(),
@@ -179,7 +196,9 @@ fn run_services(
             })
             .await
             .expect("projector builds");
-            ports_tx.send((command_port, query_port)).expect("report ports");
+            ports_tx
+                .send((command_port, query_port))
+                .expect("report ports");
             let _ = tokio::join!(
                 command.run_until_stopped(shutdown.clone()),
                 query.run_until_stopped(shutdown.clone()),
@@ -204,7 +223,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -109,14 +109,15 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
     assert!(confirmed["position"].as_i64() > placed["position"].as_i64());
 
     // Redis first: the projector materialized the summary there.
-    let (summary, source) = read_until(&format!("/orders/{order}"), |b| {
-        b["status"] == "confirmed"
-    })
-    .await;
+    let (summary, source) =
+        read_until(&format!("/orders/{order}"), |b| b["status"] == "confirmed").await;
     assert_eq!(source, "redis");
     assert_eq!(summary["version"], 2);
     assert_eq!(summary["customer_id"], customer.to_string());
-    assert_eq!(summary["total"], json!({"amount_minor": 14_800, "currency": "EUR"}));
+    assert_eq!(
+        summary["total"],
+        json!({"amount_minor": 14_800, "currency": "EUR"})
+    );
     assert_eq!(summary["lines"].as_array().unwrap().len(), 2);
 
     // Without the Redis copy, the same document comes from the replica.
@@ -130,12 +131,26 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
         .query_async(&mut redis)
         .await
         .unwrap();
-    let (from_replica, source) = read_until(&format!("/orders/{order}"), |_| true).await;
+    let (from_replica, source) =
+        read_until(&format!("/orders/{order}"), |b| b["version"] == 2).await;
     assert_eq!(source, "replica");
     assert_eq!(from_replica, summary);
 
+    // Asked to skip the cache, query-service answers from the replica.
+    let response = client()
+        .get(format!("{}/orders/{order}", stack().query_url))
+        .header("Cache-Control", "no-cache")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-read-source"], "replica");
+    assert_eq!(response.json::<Value>().await.unwrap(), summary);
+
     // The replica query-service reads is a real standby.
-    let replica = PgPoolOptions::new().connect(&stack().replica_url).await.unwrap();
+    let replica = PgPoolOptions::new()
+        .connect(&stack().replica_url)
+        .await
+        .unwrap();
     let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
         .fetch_one(&replica)
         .await
@@ -179,19 +194,36 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
 
     // And the catalog.
     let (product, _) = read_until(&format!("/products/{grinder}"), |_| true).await;
-    assert_eq!(product["price"], json!({"amount_minor": 9_900, "currency": "EUR"}));
+    assert_eq!(
+        product["price"],
+        json!({"amount_minor": 9_900, "currency": "EUR"})
+    );
     assert_eq!(product["version"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_query_prunes_to_the_requested_months() {
-    let pool = PgPoolOptions::new().connect(&stack().replica_url).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .connect(&stack().replica_url)
+        .await
+        .unwrap();
     // Make sure several monthly partitions exist (the projector creates the
     // current one; these stand in for older months).
-    let primary = PgPoolOptions::new().connect(&stack().primary_url).await.unwrap();
+    let primary = PgPoolOptions::new()
+        .connect(&stack().primary_url)
+        .await
+        .unwrap();
     for (name, from, to) in [
-        ("customer_order_history_p2020_01", "2020-01-01", "2020-02-01"),
-        ("customer_order_history_p2020_02", "2020-02-01", "2020-03-01"),
+        (
+            "customer_order_history_p2020_01",
+            "2020-01-01",
+            "2020-02-01",
+        ),
+        (
+            "customer_order_history_p2020_02",
+            "2020-02-01",
+            "2020-03-01",
+        ),
     ] {
         sqlx::raw_sql(&format!(
             "CREATE TABLE IF NOT EXISTS {name} PARTITION OF customer_order_history \
@@ -215,13 +247,20 @@ async fn the_history_query_prunes_to_the_requested_months() {
     .await;
     let text = plan.join("\n");
     assert!(!text.contains("p2020_02"), "February scanned:\n{text}");
-    assert!(!text.contains(&format!("p{}", chrono::Utc::now().format("%Y_%m"))), "{text}");
+    assert!(
+        !text.contains(&format!("p{}", chrono::Utc::now().format("%Y_%m"))),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_kafka_keyed_by_aggregate_in_order_with_metadata_headers() {
     let product = create_product(&sku(), 100).await;
-    accepted(&format!("/products/{product}/rename"), json!({"name": "Renamed"})).await;
+    accepted(
+        &format!("/products/{product}/rename"),
+        json!({"name": "Renamed"}),
+    )
+    .await;
     accepted(&format!("/products/{product}/discontinue"), json!({})).await;
 
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -339,7 +378,10 @@ async fn bad_commands_get_problem_details_and_append_nothing() {
     let product = create_product(&sku(), 700).await;
     let line = json!({"product_id": product, "quantity": 1, "unit_price": {"amount_minor": 700, "currency": "EUR"}});
 
-    let expect_problem = |status: StatusCode, body: &Value, headers: &reqwest::header::HeaderMap, want: StatusCode| {
+    let expect_problem = |status: StatusCode,
+                          body: &Value,
+                          headers: &reqwest::header::HeaderMap,
+                          want: StatusCode| {
         assert_eq!(status, want, "{body}");
         assert_eq!(
             headers.get("content-type").unwrap(),
@@ -355,8 +397,11 @@ async fn bad_commands_get_problem_details_and_append_nothing() {
     expect_problem(s, &b, &h, StatusCode::NOT_FOUND);
 
     // 422: a rule (shipping an unconfirmed order) and a field (quantity 0).
-    let order = accepted("/orders", json!({"customer_id": Uuid::new_v4(), "lines": [line]}))
-        .await["aggregate_id"]
+    let order = accepted(
+        "/orders",
+        json!({"customer_id": Uuid::new_v4(), "lines": [line]}),
+    )
+    .await["aggregate_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -370,7 +415,13 @@ async fn bad_commands_get_problem_details_and_append_nothing() {
     )
     .await;
     expect_problem(s, &b, &h, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(b["errors"][0]["field"].as_str().unwrap().contains("quantity"), "{b}");
+    assert!(
+        b["errors"][0]["field"]
+            .as_str()
+            .unwrap()
+            .contains("quantity"),
+        "{b}"
+    );
 
     // 409: a stale If-Match.
     let response = client()
@@ -409,7 +460,10 @@ async fn bad_commands_get_problem_details_and_append_nothing() {
 
     // None of the rejected commands appended anything: the order is still at
     // version 1 and confirming it with the right version works.
-    let primary = PgPoolOptions::new().connect(&stack().primary_url).await.unwrap();
+    let primary = PgPoolOptions::new()
+        .connect(&stack().primary_url)
+        .await
+        .unwrap();
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
         .bind(&order)
         .fetch_one(&primary)

@@ -1,6 +1,7 @@
 //! `GET /orders/{id}`: Redis first, the replica on a miss.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
 use schema::views::OrderSummary;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -30,14 +31,17 @@ impl ReadSource {
 }
 
 /// The [`OrderSummary`] of an order, with header `x-read-source: redis` or
-/// `replica`; 404 if neither has it.
+/// `replica`; 404 if neither has it. `Cache-Control: no-cache` skips Redis
+/// (RFC 9111: the client does not want a stored copy it cannot validate).
 pub async fn get_order(
+    request: HttpRequest,
     path: web::Path<Uuid>,
     cache: web::Data<OrderCache>,
     pool: web::Data<PgPool>,
 ) -> Result<HttpResponse, QueryError> {
     let order_id = path.into_inner();
-    let (summary, source) = find_order(&cache, &pool, order_id).await?;
+    let use_cache = !wants_no_cache(&request);
+    let (summary, source) = find_order(&cache, &pool, order_id, use_cache).await?;
     Ok(HttpResponse::Ok()
         .insert_header((READ_SOURCE_HEADER, source.as_str()))
         .json(summary))
@@ -49,9 +53,12 @@ async fn find_order(
     cache: &OrderCache,
     pool: &PgPool,
     order_id: Uuid,
+    use_cache: bool,
 ) -> Result<(OrderSummary, ReadSource), QueryError> {
-    if let Some(summary) = cache.order_summary(order_id).await {
-        return Ok((summary, ReadSource::Redis));
+    if use_cache {
+        if let Some(summary) = cache.order_summary(order_id).await {
+            return Ok((summary, ReadSource::Redis));
+        }
     }
     read_model::order_summary(pool, order_id)
         .await?
@@ -59,5 +66,20 @@ async fn find_order(
         .ok_or_else(|| QueryError::NotFound {
             resource: "order",
             id: order_id.to_string(),
+        })
+}
+
+/// True if the request carries `Cache-Control: no-cache` (or `no-store`).
+fn wants_no_cache(request: &HttpRequest) -> bool {
+    request
+        .headers()
+        .get_all(header::CACHE_CONTROL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            matches!(
+                d.trim().to_ascii_lowercase().as_str(),
+                "no-cache" | "no-store"
+            )
         })
 }
