@@ -21,7 +21,7 @@ pub struct Config {
     pub query_public_url: String,
     /// `BODY_LIMIT_BYTES`: largest accepted JSON body.
     pub body_limit_bytes: usize,
-    /// `KAFKA_BROKERS`, `KAFKA_TOPIC_PREFIX`, `KAFKA_TOPIC_PARTITIONS`, `KAFKA_TOPIC_REPLICATION`.
+    /// Kafka settings, see [`TopicSettings::from_env`].
     pub topics: TopicSettings,
     pub relay: RelayConfig,
 }
@@ -49,12 +49,7 @@ impl Config {
             acquire_timeout: Duration::from_millis(optional("PRIMARY_ACQUIRE_TIMEOUT_MS", 2_000)?),
             query_public_url: optional("QUERY_PUBLIC_URL", "http://127.0.0.1:8081".to_owned())?,
             body_limit_bytes: optional("BODY_LIMIT_BYTES", 64 * 1024)?,
-            topics: TopicSettings {
-                brokers: optional("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
-                prefix: optional("KAFKA_TOPIC_PREFIX", "events".to_owned())?,
-                partitions: optional("KAFKA_TOPIC_PARTITIONS", 4)?,
-                replication: optional("KAFKA_TOPIC_REPLICATION", 1)?,
-            },
+            topics: TopicSettings::from_env()?,
             relay: RelayConfig {
                 enabled: optional("RELAY_ENABLED", true)?,
                 batch_size: optional("RELAY_BATCH_SIZE", 500)?,

@@ -28,6 +28,18 @@ pub struct TopicSettings {
 }
 
 impl TopicSettings {
+    /// `KAFKA_BROKERS` (default `127.0.0.1:9092`), `KAFKA_TOPIC_PREFIX`
+    /// (`events`), `KAFKA_TOPIC_PARTITIONS` (4), `KAFKA_TOPIC_REPLICATION` (1).
+    pub fn from_env() -> Result<Self, service_runtime::config::ConfigError> {
+        use service_runtime::config::optional;
+        Ok(Self {
+            brokers: optional("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
+            prefix: optional("KAFKA_TOPIC_PREFIX", "events".to_owned())?,
+            partitions: optional("KAFKA_TOPIC_PARTITIONS", 4)?,
+            replication: optional("KAFKA_TOPIC_REPLICATION", 1)?,
+        })
+    }
+
     /// The topic of every aggregate type, in a fixed order.
     pub fn topics(&self) -> Vec<String> {
         schema::envelope::AGGREGATE_TYPES

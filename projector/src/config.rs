@@ -17,7 +17,7 @@ pub struct Config {
     pub pool_size: u32,
     /// `REDIS_URL`
     pub redis_url: String,
-    /// `KAFKA_BROKERS`, `KAFKA_TOPIC_PREFIX`, `KAFKA_TOPIC_PARTITIONS`, `KAFKA_TOPIC_REPLICATION`.
+    /// Kafka settings, see [`TopicSettings::from_env`].
     pub topics: TopicSettings,
     /// `PROJECTOR_GROUP_ID`: the consumer group; instances sharing it split the partitions.
     pub group_id: String,
@@ -34,12 +34,7 @@ impl Config {
             database_url: required("PRIMARY_DATABASE_URL")?,
             pool_size: optional("PROJECTOR_POOL_SIZE", 4)?,
             redis_url: required("REDIS_URL")?,
-            topics: TopicSettings {
-                brokers: optional("KAFKA_BROKERS", "127.0.0.1:9092".to_owned())?,
-                prefix: optional("KAFKA_TOPIC_PREFIX", "events".to_owned())?,
-                partitions: optional("KAFKA_TOPIC_PARTITIONS", 4)?,
-                replication: optional("KAFKA_TOPIC_REPLICATION", 1)?,
-            },
+            topics: TopicSettings::from_env()?,
             group_id: optional("PROJECTOR_GROUP_ID", "projector".to_owned())?,
             batch_size: optional("PROJECTOR_BATCH_SIZE", 500)?,
             batch_timeout: Duration::from_millis(optional("PROJECTOR_BATCH_TIMEOUT_MS", 50)?),

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use schema::money::Money;
 use schema::order::{OrderEvent, OrderLine};
 use schema::views::{OrderStatus, OrderSummary, OrderSummaryLine};
+use schema::VersionedEvent;
 use uuid::Uuid;
 
 /// An order event that cannot be folded into the current summary. The

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use schema::envelope::{AnyEvent, EventHeaders};
+use schema::money::Currency;
 use schema::order::OrderEvent;
 use schema::product::ProductEvent;
 use schema::views::{OrderStatus, OrderSummary};
@@ -43,12 +44,8 @@ pub enum ApplyError {
         #[source]
         source: FoldError,
     },
-    #[error("stored order summary of {id} is unreadable: {source}")]
-    StoredSummary {
-        id: Uuid,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("stored order summary of {id} is unreadable: {reason}")]
+    StoredSummary { id: Uuid, reason: String },
 }
 
 /// What to do with an event given the read model's current version.
@@ -208,12 +205,10 @@ async fn load_summary(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let lines = serde_json::from_value(row.lines)
-        .map_err(|source| ApplyError::StoredSummary { id, source })?;
-    let status: OrderStatus = serde_json::from_value(serde_json::Value::String(row.status))
-        .map_err(|source| ApplyError::StoredSummary { id, source })?;
-    let currency = serde_json::from_value(serde_json::Value::String(row.currency))
-        .map_err(|source| ApplyError::StoredSummary { id, source })?;
+    let unreadable = |reason: String| ApplyError::StoredSummary { id, reason };
+    let lines = serde_json::from_value(row.lines).map_err(|e| unreadable(e.to_string()))?;
+    let status: OrderStatus = row.status.parse().map_err(unreadable)?;
+    let currency = Currency::try_from(row.currency).map_err(|e| unreadable(e.to_string()))?;
     Ok(Some(OrderSummary {
         order_id: id,
         customer_id: row.customer_id,
@@ -227,9 +222,9 @@ async fn load_summary(
 }
 
 async fn save_summary(conn: &mut PgConnection, s: &OrderSummary) -> Result<(), ApplyError> {
-    let lines = serde_json::to_value(&s.lines).map_err(|source| ApplyError::StoredSummary {
+    let lines = serde_json::to_value(&s.lines).map_err(|e| ApplyError::StoredSummary {
         id: s.order_id,
-        source,
+        reason: e.to_string(),
     })?;
     sqlx::query!(
         r#"INSERT INTO order_summary

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::money::{Currency, Money};
 use crate::order::{OrderEvent, OrderLine};
 use crate::product::ProductEvent;
+use crate::VersionedEvent;
 
 fn eur(amount_minor: i64) -> Money {
     Money::new(amount_minor, Currency::try_from("EUR").expect("valid"))
@@ -19,11 +20,10 @@ fn id(n: u128) -> Uuid {
     Uuid::from_u128(0x0193_a1c2_0000_7000_8000_0000_0000_0000 | n)
 }
 
-fn check<E: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+fn check<E: VersionedEvent + Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     event: &E,
-    event_type: &str,
-    version: &str,
 ) {
+    let (event_type, version) = (event.event_type(), event.event_version());
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/events")
         .join(format!("{event_type}.v{version}.json"));
@@ -61,7 +61,7 @@ fn product_events_match_golden_files() {
         ProductEvent::ProductDiscontinued {},
     ];
     for event in &events {
-        check(event, event.event_type(), event.event_version());
+        check(event);
     }
 }
 
@@ -92,6 +92,6 @@ fn order_events_match_golden_files() {
         OrderEvent::OrderShipped {},
     ];
     for event in &events {
-        check(event, event.event_type(), event.event_version());
+        check(event);
     }
 }

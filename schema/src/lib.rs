@@ -9,6 +9,16 @@ pub mod order;
 pub mod product;
 pub mod views;
 
+/// What every event enum of the contract says about each of its values: a
+/// stable name and the version of its payload shape. Stored in
+/// `events.event_type`/`event_version` and sent as Kafka headers.
+pub trait VersionedEvent {
+    /// Stable name, e.g. `OrderPlaced`; never renamed once published.
+    fn event_type(&self) -> &'static str;
+    /// Version of this event's payload shape; bumped together with an upcaster.
+    fn event_version(&self) -> &'static str;
+}
+
 /// All SQL migrations (event store, outbox cursor, read models), embedded at
 /// compile time from `schema/migrations`. Services that own the primary run
 /// them at start-up; `sqlx migrate` takes an advisory lock, so concurrent

@@ -48,9 +48,8 @@ pub enum OrderEvent {
     OrderShipped {},
 }
 
-impl OrderEvent {
-    /// Stable name stored in `events.event_type` and sent in the `event_type` header.
-    pub fn event_type(&self) -> &'static str {
+impl crate::VersionedEvent for OrderEvent {
+    fn event_type(&self) -> &'static str {
         match self {
             Self::OrderPlaced { .. } => "OrderPlaced",
             Self::OrderLineAdded { .. } => "OrderLineAdded",
@@ -61,8 +60,7 @@ impl OrderEvent {
         }
     }
 
-    /// Version of this event's payload shape; bumped together with an upcaster.
-    pub fn event_version(&self) -> &'static str {
+    fn event_version(&self) -> &'static str {
         match self {
             Self::OrderPlaced { .. }
             | Self::OrderLineAdded { .. }

@@ -30,9 +30,8 @@ pub enum ProductEvent {
     ProductDiscontinued {},
 }
 
-impl ProductEvent {
-    /// Stable name stored in `events.event_type` and sent in the `event_type` header.
-    pub fn event_type(&self) -> &'static str {
+impl crate::VersionedEvent for ProductEvent {
+    fn event_type(&self) -> &'static str {
         match self {
             Self::ProductCreated { .. } => "ProductCreated",
             Self::ProductRenamed { .. } => "ProductRenamed",
@@ -41,8 +40,7 @@ impl ProductEvent {
         }
     }
 
-    /// Version of this event's payload shape; bumped together with an upcaster.
-    pub fn event_version(&self) -> &'static str {
+    fn event_version(&self) -> &'static str {
         match self {
             Self::ProductCreated { .. }
             | Self::ProductRenamed { .. }

@@ -9,9 +9,15 @@
 //! The events themselves belong to the `schema` crate (they are a contract
 //! shared with the projector). cqrs-es needs them to implement its
 //! `DomainEvent` trait, which the orphan rule forbids for two foreign types,
-//! so each aggregate module defines a `#[serde(transparent)]` newtype
-//! ([`StoredProductEvent`], [`StoredOrderEvent`]) whose JSON is byte-identical
-//! to the schema enum it wraps.
+//! so events are wrapped in [`Stored`], a `#[serde(transparent)]` newtype
+//! whose JSON is byte-identical to the schema enum it wraps.
+
+use std::fmt::Debug;
+
+use cqrs_es::DomainEvent;
+use schema::VersionedEvent;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 pub mod guard;
 pub mod order;
@@ -20,6 +26,30 @@ pub mod product;
 pub use guard::{Guarded, VersionMismatch};
 pub use order::{Order, OrderCommand, OrderError, OrderStatus, StoredOrderEvent};
 pub use product::{Product, ProductCommand, ProductError, StoredProductEvent};
+
+/// A schema event as cqrs-es stores it.
+///
+/// cqrs-es requires `Aggregate::Event: DomainEvent`, and the orphan rule
+/// forbids implementing cqrs-es's trait for the schema crate's enums here. The
+/// wrapper is `#[serde(transparent)]`, so what lands in `events.payload` is
+/// byte-identical to the schema enum's JSON and the projector, which decodes
+/// with `schema` alone, never sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Stored<E>(pub E);
+
+impl<E> DomainEvent for Stored<E>
+where
+    E: VersionedEvent + Serialize + DeserializeOwned + Clone + PartialEq + Debug + Send + Sync,
+{
+    fn event_type(&self) -> String {
+        self.0.event_type().to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        self.0.event_version().to_owned()
+    }
+}
 
 /// How a rejected command should be reported, independent of transport.
 ///

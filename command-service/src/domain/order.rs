@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::fmt;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schema::money::Currency;
 use schema::order::{self, OrderEvent, OrderLine};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::guard::{check_version, Guarded, VersionMismatch};
-use super::RuleKind;
+use super::{RuleKind, Stored};
 
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 100;
@@ -209,38 +209,8 @@ impl From<VersionMismatch> for OrderError {
     }
 }
 
-/// An [`OrderEvent`] as cqrs-es sees it.
-///
-/// cqrs-es requires `Aggregate::Event: DomainEvent`, and the orphan rule
-/// forbids implementing cqrs-es's trait for the schema crate's enum here. This
-/// newtype is `#[serde(transparent)]`, so what lands in `events.payload` is
-/// byte-identical to the schema enum's JSON and the projector, which decodes
-/// with `schema` alone, never sees the wrapper.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct StoredOrderEvent(pub OrderEvent);
-
-impl DomainEvent for StoredOrderEvent {
-    fn event_type(&self) -> String {
-        self.0.event_type().to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        self.0.event_version().to_owned()
-    }
-}
-
-impl From<OrderEvent> for StoredOrderEvent {
-    fn from(event: OrderEvent) -> Self {
-        Self(event)
-    }
-}
-
-impl From<StoredOrderEvent> for OrderEvent {
-    fn from(event: StoredOrderEvent) -> Self {
-        event.0
-    }
-}
+/// An [`OrderEvent`] as cqrs-es stores it.
+pub type StoredOrderEvent = Stored<OrderEvent>;
 
 /// The state of an order, rebuilt from its events.
 ///
@@ -495,7 +465,7 @@ impl Aggregate for Order {
     ) -> Result<(), Self::Error> {
         check_version(command.expected_version, self.version)?;
         let event = self.decide(command.command)?;
-        sink.write(StoredOrderEvent(event), self).await;
+        sink.write(Stored(event), self).await;
         Ok(())
     }
 
@@ -561,7 +531,7 @@ mod tests {
     }
 
     fn ev(event: OrderEvent) -> StoredOrderEvent {
-        StoredOrderEvent(event)
+        Stored(event)
     }
 
     fn place(lines: Vec<OrderLine>) -> OrderCommand {
@@ -648,7 +618,7 @@ mod tests {
     fn stored_event_serializes_byte_identically_to_the_schema_event() {
         for event in all_events() {
             let schema_json = serde_json::to_vec(&event).unwrap();
-            let stored_json = serde_json::to_vec(&StoredOrderEvent(event.clone())).unwrap();
+            let stored_json = serde_json::to_vec(&Stored(event.clone())).unwrap();
             assert_eq!(stored_json, schema_json, "{event:?}");
             let decoded: StoredOrderEvent = serde_json::from_slice(&schema_json).unwrap();
             assert_eq!(decoded.0, event);
@@ -679,9 +649,15 @@ mod tests {
     #[test]
     fn stored_event_reports_the_schema_type_and_version() {
         for event in all_events() {
-            let stored = StoredOrderEvent(event.clone());
-            assert_eq!(DomainEvent::event_type(&stored), event.event_type());
-            assert_eq!(DomainEvent::event_version(&stored), event.event_version());
+            let stored = Stored(event.clone());
+            assert_eq!(
+                cqrs_es::DomainEvent::event_type(&stored),
+                schema::VersionedEvent::event_type(&event)
+            );
+            assert_eq!(
+                cqrs_es::DomainEvent::event_version(&stored),
+                schema::VersionedEvent::event_version(&event)
+            );
         }
     }
 

@@ -1,13 +1,13 @@
 //! The `Product` aggregate: a sellable item with a SKU, a name and a price.
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schema::money::Money;
 use schema::product::{self, ProductEvent};
 use serde::{Deserialize, Serialize};
 
 use super::guard::{check_version, Guarded, VersionMismatch};
-use super::RuleKind;
+use super::{RuleKind, Stored};
 
 /// Longest accepted SKU, in characters.
 pub const MAX_SKU_LEN: usize = 64;
@@ -109,38 +109,8 @@ impl From<VersionMismatch> for ProductError {
     }
 }
 
-/// A [`ProductEvent`] as cqrs-es sees it.
-///
-/// cqrs-es requires `Aggregate::Event: DomainEvent`, and the orphan rule
-/// forbids implementing cqrs-es's trait for the schema crate's enum here. This
-/// newtype is `#[serde(transparent)]`, so what lands in `events.payload` is
-/// byte-identical to the schema enum's JSON and the projector, which decodes
-/// with `schema` alone, never sees the wrapper.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct StoredProductEvent(pub ProductEvent);
-
-impl DomainEvent for StoredProductEvent {
-    fn event_type(&self) -> String {
-        self.0.event_type().to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        self.0.event_version().to_owned()
-    }
-}
-
-impl From<ProductEvent> for StoredProductEvent {
-    fn from(event: ProductEvent) -> Self {
-        Self(event)
-    }
-}
-
-impl From<StoredProductEvent> for ProductEvent {
-    fn from(event: StoredProductEvent) -> Self {
-        event.0
-    }
-}
+/// A [`ProductEvent`] as cqrs-es stores it.
+pub type StoredProductEvent = Stored<ProductEvent>;
 
 /// The state of a product, rebuilt from its events.
 ///
@@ -309,7 +279,7 @@ impl Aggregate for Product {
     ) -> Result<(), Self::Error> {
         check_version(command.expected_version, self.version)?;
         let event = self.decide(command.command)?;
-        sink.write(StoredProductEvent(event), self).await;
+        sink.write(Stored(event), self).await;
         Ok(())
     }
 
@@ -362,7 +332,7 @@ mod tests {
     }
 
     fn ev(event: ProductEvent) -> StoredProductEvent {
-        StoredProductEvent(event)
+        Stored(event)
     }
 
     fn created() -> StoredProductEvent {
@@ -432,7 +402,7 @@ mod tests {
     fn stored_event_serializes_byte_identically_to_the_schema_event() {
         for event in all_events() {
             let schema_json = serde_json::to_vec(&event).unwrap();
-            let stored_json = serde_json::to_vec(&StoredProductEvent(event.clone())).unwrap();
+            let stored_json = serde_json::to_vec(&Stored(event.clone())).unwrap();
             assert_eq!(stored_json, schema_json, "{event:?}");
             let decoded: StoredProductEvent = serde_json::from_slice(&schema_json).unwrap();
             assert_eq!(decoded.0, event);
@@ -456,9 +426,15 @@ mod tests {
     #[test]
     fn stored_event_reports_the_schema_type_and_version() {
         for event in all_events() {
-            let stored = StoredProductEvent(event.clone());
-            assert_eq!(DomainEvent::event_type(&stored), event.event_type());
-            assert_eq!(DomainEvent::event_version(&stored), event.event_version());
+            let stored = Stored(event.clone());
+            assert_eq!(
+                cqrs_es::DomainEvent::event_type(&stored),
+                schema::VersionedEvent::event_type(&event)
+            );
+            assert_eq!(
+                cqrs_es::DomainEvent::event_version(&stored),
+                schema::VersionedEvent::event_version(&event)
+            );
         }
     }
 
