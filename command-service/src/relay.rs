@@ -112,7 +112,15 @@ impl OutboxRelay {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "outbox batch failed; retrying from the cursor");
-                    if self.producer.client().fatal_error().is_some() {
+                    // A failed delivery can leave the idempotent producer's
+                    // sequence state unusable (fatal error, or fenced after an
+                    // epoch bump, as seen with Tansu after a stall). A fresh
+                    // producer gets a new producer id; the batch is re-read
+                    // from the cursor, so nothing is lost by dropping the old one.
+                    if matches!(
+                        error,
+                        RelayError::Kafka(_) | RelayError::DeliveryCanceled { .. }
+                    ) {
                         self.recreate_producer();
                     }
                     if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {

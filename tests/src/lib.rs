@@ -27,6 +27,28 @@ pub struct Stack {
     pub topic_prefix: String,
     pub command_url: String,
     pub query_url: String,
+    /// Where `deploy/local/stack` keeps data, logs and pidfiles.
+    pub dir: PathBuf,
+}
+
+/// Relay delivery timeout of the test stack: short, so that fault tests see
+/// a stalled broker turn into failed batches quickly.
+pub const RELAY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Stack {
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to a component started by the
+    /// stack script (`broker`, `redis`, ...), found by its pidfile.
+    pub fn signal(&self, component: &str, signal: &str) {
+        let pidfile = self.dir.join("run").join(format!("{component}.pid"));
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.trim())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {component} failed");
+    }
 }
 
 static STACK: OnceLock<Stack> = OnceLock::new();
@@ -72,6 +94,7 @@ fn start() -> Stack {
     let mut watcher = Command::new(&script);
     watcher
         .arg("watch-down")
+        .env("WATCH_DOWN_CLEAN", "1")
         .arg(std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -136,6 +159,7 @@ fn start() -> Stack {
         topic_prefix: topics.prefix,
         command_url: format!("http://127.0.0.1:{command_port}"),
         query_url: format!("http://127.0.0.1:{query_port}"),
+        dir,
     };
     eprintln!("e2e: services up in {:?}: {stack:?}", started.elapsed());
     stack
@@ -178,7 +202,7 @@ fn run_services(
                         enabled: true,
                         batch_size: 500,
                         poll_interval: Duration::from_millis(20),
-                        delivery_timeout: Duration::from_secs(30),
+                        delivery_timeout: RELAY_DELIVERY_TIMEOUT,
                     },
                 })
                 .await
