@@ -38,6 +38,10 @@ async fn cursor(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// These tests stall the relay on purpose (a frozen broker, a held
+/// transaction); run one at a time so each sees only its own stall.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Resumes the broker even if the test fails half-way, so the stack's
 /// tear-down does not hang on a frozen process.
 struct Thaw;
@@ -50,6 +54,7 @@ impl Drop for Thaw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cursor_never_passes_an_unacknowledged_event() {
+    let _serial = SERIAL.lock().await;
     let pool = PgPoolOptions::new()
         .connect(&stack().primary_url)
         .await
@@ -86,7 +91,99 @@ async fn the_cursor_never_passes_an_unacknowledged_event() {
     )
     .await;
 
-    // And the event really is in Kafka.
+    assert!(
+        in_kafka("Product", &product.to_string()).await,
+        "the event published after the stall is readable"
+    );
+}
+
+/// What the relay has published up to: `(transaction id, position)`.
+async fn full_cursor(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(max(transaction_id::text::bigint), 0), coalesce(max(position), 0) \
+           FROM outbox_cursor",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Appends `count` events through the HTTP API, 16 at a time; returns the
+/// highest position.
+async fn append_many(count: usize) -> i64 {
+    use futures::StreamExt;
+    let positions: Vec<i64> = futures::stream::iter(0..count)
+        .map(|_| async { create_product().await.1 })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    positions.into_iter().max().unwrap()
+}
+
+/// Holds an append transaction open for `HOLD` while 1,000 later events
+/// commit, then commits or rolls it back. The relay must not move past the
+/// open transaction, and must publish everything once it has ended.
+async fn relay_waits_for_an_open_transaction(commit: bool) {
+    let _serial = SERIAL.lock().await;
+    const HOLD: Duration = Duration::from_secs(30);
+    let pool = PgPoolOptions::new()
+        .connect(&stack().primary_url)
+        .await
+        .unwrap();
+    let (_, warm_up) = create_product().await;
+    eventually("the relay is running", Duration::from_secs(30), || async {
+        (cursor(&pool).await >= warm_up).then_some(())
+    })
+    .await;
+
+    // An append exactly as postgres-es makes it, left open.
+    let held_id = Uuid::now_v7();
+    let mut held = pool.begin().await.unwrap();
+    let held_txid: i64 = sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Product', $1, 1, 'ProductCreated', '1', $2, $3)
+         RETURNING transaction_id::text::bigint",
+    )
+    .bind(held_id.to_string())
+    .bind(json!({"ProductCreated": {"sku": "HELD-1", "name": "Held", "price": {"amount_minor": 1, "currency": "EUR"}}}))
+    .bind(json!({"occurred_at": chrono::Utc::now().to_rfc3339(), "command_id": Uuid::new_v4().to_string()}))
+    .fetch_one(&mut *held)
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let last = append_many(1_000).await;
+    while started.elapsed() < HOLD {
+        let (txid, position) = full_cursor(&pool).await;
+        assert!(
+            txid < held_txid,
+            "relay moved to txid {txid} (position {position}) past open transaction {held_txid}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    if commit {
+        held.commit().await.unwrap();
+    } else {
+        held.rollback().await.unwrap();
+    }
+    eventually(
+        "everything after the held transaction is published",
+        Duration::from_secs(60),
+        || async { (cursor(&pool).await >= last).then_some(()) },
+    )
+    .await;
+    if commit {
+        assert!(
+            in_kafka("Product", &held_id.to_string()).await,
+            "held event lost"
+        );
+    }
+}
+
+/// Whether a message with `key` is on the topic of `aggregate_type`
+/// (reads the topic from the start with a fresh group).
+async fn in_kafka(aggregate_type: &str, key: &str) -> bool {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &stack().brokers)
         .set("group.id", format!("e2e-{}", Uuid::new_v4()))
@@ -96,17 +193,24 @@ async fn the_cursor_never_passes_an_unacknowledged_event() {
     consumer
         .subscribe(&[&schema::envelope::topic_for(
             &stack().topic_prefix,
-            "Product",
+            aggregate_type,
         )])
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let message = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .expect("the event published after the stall is readable")
-            .unwrap();
-        if message.key() == Some(product.to_string().as_bytes()) {
-            break;
+    while let Ok(message) = tokio::time::timeout_at(deadline, consumer.recv()).await {
+        if message.unwrap().key() == Some(key.as_bytes()) {
+            return true;
         }
     }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_never_skips_an_append_that_commits_late() {
+    relay_waits_for_an_open_transaction(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_moves_on_when_a_held_append_rolls_back() {
+    relay_waits_for_an_open_transaction(false).await;
 }
