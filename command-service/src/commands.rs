@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use cqrs_es::{Aggregate, AggregateError};
-use postgres_es::{postgres_cqrs, PostgresCqrs};
+use postgres_es::{postgres_snapshot_cqrs, PostgresCqrs};
+use schema::consistency::ConsistencyToken;
 use schema::envelope::metadata;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,15 +13,16 @@ use uuid::Uuid;
 use crate::domain::{Guarded, Order, OrderCommand, Product, ProductCommand};
 use crate::error::CommandError;
 
-/// What a successful command appended: the aggregate's new version and the
-/// global position of its last event (a consistency token: a read model that
-/// has caught up to it reflects the command).
+/// What a successful command appended: the aggregate's new version, the
+/// global position of its last event, and both as an opaque
+/// [`ConsistencyToken`] the query side accepts for read-your-writes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Accepted {
     pub aggregate_type: &'static str,
     pub aggregate_id: Uuid,
     pub version: i64,
     pub position: i64,
+    pub consistency_token: String,
 }
 
 /// The command side's single entry point: one cqrs-es framework per aggregate
@@ -36,10 +38,14 @@ pub struct CommandBus {
 }
 
 impl CommandBus {
-    pub fn new(pool: PgPool) -> Self {
+    /// `snapshot_every`: an aggregate's state is snapshotted every that many
+    /// events, so loading it reads the snapshot plus at most that many events
+    /// instead of its whole history.
+    pub fn new(pool: PgPool, snapshot_every: usize) -> Self {
+        let every = snapshot_every.max(1);
         Self {
-            products: postgres_cqrs(pool.clone(), vec![], ()),
-            orders: postgres_cqrs(pool.clone(), vec![], ()),
+            products: postgres_snapshot_cqrs(pool.clone(), vec![], every, ()),
+            orders: postgres_snapshot_cqrs(pool.clone(), vec![], every, ()),
             pool,
         }
     }
@@ -111,11 +117,19 @@ impl CommandBus {
         .await
         .map_err(CommandError::Database)?
         .ok_or(CommandError::NothingAppended)?;
+        let consistency_token = ConsistencyToken {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: id.to_string(),
+            version: row.sequence,
+            position: row.position,
+        }
+        .encode();
         Ok(Accepted {
             aggregate_type,
             aggregate_id: id,
             version: row.sequence,
             position: row.position,
+            consistency_token,
         })
     }
 }

@@ -21,6 +21,8 @@ pub struct Config {
     pub query_public_url: String,
     /// `BODY_LIMIT_BYTES`: largest accepted JSON body.
     pub body_limit_bytes: usize,
+    /// `SNAPSHOT_EVERY`: snapshot an aggregate every that many events.
+    pub snapshot_every: usize,
     /// Kafka settings, see [`TopicSettings::from_env`].
     pub topics: TopicSettings,
     pub relay: RelayConfig,
@@ -49,6 +51,7 @@ impl Config {
             acquire_timeout: Duration::from_millis(optional("PRIMARY_ACQUIRE_TIMEOUT_MS", 2_000)?),
             query_public_url: optional("QUERY_PUBLIC_URL", "http://127.0.0.1:8081".to_owned())?,
             body_limit_bytes: optional("BODY_LIMIT_BYTES", 64 * 1024)?,
+            snapshot_every: optional("SNAPSHOT_EVERY", 50)?,
             topics: TopicSettings::from_env()?,
             relay: RelayConfig {
                 enabled: optional("RELAY_ENABLED", true)?,

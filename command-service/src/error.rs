@@ -38,12 +38,14 @@ impl CommandError {
         match self {
             Self::Product(e) => rule_problem(e.kind(), e.to_string(), e.field()),
             Self::Order(e) => rule_problem(e.kind(), e.to_string(), e.field()),
+            // Clients act on this type: reload the aggregate and retry.
             Self::ConcurrentWrite => Problem::typed(
                 StatusCode::CONFLICT,
                 "/problems/concurrent-write",
                 "Concurrent modification",
             )
-            .with_detail(self.to_string()),
+            .with_detail(self.to_string())
+            .with_extension("retryable", true),
             Self::InvalidIfMatch => Problem::typed(
                 StatusCode::BAD_REQUEST,
                 "/problems/invalid-if-match",
@@ -65,6 +67,11 @@ impl CommandError {
 fn rule_problem(kind: RuleKind, detail: String, field: Option<&str>) -> Problem {
     let problem = match kind {
         RuleKind::NotFound => Problem::new(StatusCode::NOT_FOUND),
+        RuleKind::StaleVersion => Problem::typed(
+            StatusCode::PRECONDITION_FAILED,
+            "/problems/stale-version",
+            "The aggregate is not at the version in If-Match",
+        ),
         RuleKind::Conflict => Problem::typed(
             StatusCode::CONFLICT,
             "/problems/conflict",

@@ -81,6 +81,10 @@ fn accepted(base: &QueryPublicUrl, accepted: Accepted) -> HttpResponse {
             ),
         ))
         .insert_header((header::ETAG, format!("\"{}\"", accepted.version)))
+        .insert_header((
+            schema::consistency::HEADER,
+            accepted.consistency_token.clone(),
+        ))
         .json(accepted)
 }
 

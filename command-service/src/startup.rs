@@ -89,7 +89,7 @@ impl Application {
 }
 
 fn http_server(listener: TcpListener, pool: PgPool, config: &Config) -> std::io::Result<Server> {
-    let bus = web::Data::new(CommandBus::new(pool.clone()));
+    let bus = web::Data::new(CommandBus::new(pool.clone(), config.snapshot_every));
     let base = web::Data::new(QueryPublicUrl(config.query_public_url.clone()));
     let pool = web::Data::new(pool);
     let body_limit = config.body_limit_bytes;

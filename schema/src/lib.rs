@@ -3,6 +3,7 @@
 //!
 //! Anything that crosses a process boundary is defined here, once.
 
+pub mod consistency;
 pub mod envelope;
 pub mod money;
 pub mod order;

@@ -72,49 +72,71 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn start() -> Stack {
-    service_runtime::telemetry::init("e2e");
-    let dir = std::env::temp_dir().join(format!("cqrs-e2e-{}", std::process::id()));
+/// Runs `stack infra-up` on freshly picked free ports; returns them, or None
+/// (after printing why and stopping what started) so the caller can retry:
+/// a port picked free can be taken by someone else before the server binds it.
+fn infra_up(script: &Path, dir: &Path, attempt: u32) -> Option<[(&'static str, u16); 4]> {
     let ports = [
         ("PG_PRIMARY_PORT", free_port()),
         ("PG_REPLICA_PORT", free_port()),
         ("REDIS_PORT", free_port()),
         ("BROKER_PORT", free_port()),
     ];
+    let mut up = Command::new(script);
+    up.arg("infra-up")
+        .env("STACK_DIR", dir)
+        .env("BROKER_STORAGE", "memory")
+        .stdin(Stdio::null());
+    for (name, port) in ports {
+        up.env(name, port.to_string());
+    }
+    let output = up.output().expect("run deploy/local/stack infra-up");
+    if output.status.success() {
+        return Some(ports);
+    }
+    eprintln!(
+        "e2e: stack infra-up attempt {attempt} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = Command::new(script)
+        .args(["clean"])
+        .env("STACK_DIR", dir)
+        .stdin(Stdio::null())
+        .output();
+    None
+}
+
+fn start() -> Stack {
+    // Quiet by default: expected 4xx responses would otherwise flood the
+    // output (tracing-actix-web logs them at WARN). RUST_LOG overrides.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn,tracing_actix_web=error");
+    }
+    service_runtime::telemetry::init("e2e");
+    let dir = std::env::temp_dir().join(format!("cqrs-e2e-{}", std::process::id()));
     let script = repo_root().join("deploy/local/stack");
-    let env = |cmd: &mut Command| {
-        cmd.env("STACK_DIR", &dir).env("BROKER_STORAGE", "memory");
-        for (name, port) in ports {
-            cmd.env(name, port.to_string());
-        }
-    };
 
     // Tear-down is owned by a watcher outside this process, so it happens
-    // even when a test panics or the binary is killed.
+    // even when a test panics or the binary is killed. It finds what to stop
+    // by the pidfiles under STACK_DIR.
     let mut watcher = Command::new(&script);
     watcher
         .arg("watch-down")
-        .env("WATCH_DOWN_CLEAN", "1")
         .arg(std::process::id().to_string())
+        .env("STACK_DIR", &dir)
+        .env("WATCH_DOWN_CLEAN", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    env(&mut watcher);
     // Deliberately never waited for: it must outlive this process.
     #[allow(clippy::zombie_processes)]
     let _watcher = watcher.spawn().expect("spawn stack watch-down");
 
-    let mut up = Command::new(&script);
-    up.arg("infra-up").stdin(Stdio::null());
-    env(&mut up);
     let started = Instant::now();
-    let output = up.output().expect("run deploy/local/stack infra-up");
-    assert!(
-        output.status.success(),
-        "stack infra-up failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let ports = (1..=3)
+        .find_map(|attempt| infra_up(&script, &dir, attempt))
+        .expect("stack infra-up failed three times (output above)");
     eprintln!(
         "e2e: infrastructure up in {:?} at {}",
         started.elapsed(),
@@ -197,6 +219,7 @@ fn run_services(
                     acquire_timeout: Duration::from_secs(5),
                     query_public_url: format!("http://127.0.0.1:{query_port}"),
                     body_limit_bytes: 64 * 1024,
+                    snapshot_every: 10,
                     topics: topics.clone(),
                     relay: command_service::config::RelayConfig {
                         enabled: true,

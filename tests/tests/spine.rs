@@ -99,6 +99,13 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
     let order: Uuid = placed["aggregate_id"].as_str().unwrap().parse().unwrap();
     assert_eq!(placed["version"], 1);
     assert!(placed["position"].as_i64().unwrap() > 0);
+    let token = headers.get("consistency-token").unwrap().to_str().unwrap();
+    assert_eq!(placed["consistency_token"], token);
+    let token = schema::consistency::ConsistencyToken::decode(token).unwrap();
+    assert_eq!(
+        (token.version, token.position),
+        (1, placed["position"].as_i64().unwrap())
+    );
     assert_eq!(
         headers.get("location").unwrap().to_str().unwrap(),
         format!("{}/orders/{order}", stack().query_url)
@@ -423,7 +430,7 @@ async fn bad_commands_get_problem_details_and_append_nothing() {
         "{b}"
     );
 
-    // 409: a stale If-Match.
+    // 412: a stale If-Match.
     let response = client()
         .post(format!("{}/orders/{order}/confirm", stack().command_url))
         .header("If-Match", "\"7\"")
@@ -433,7 +440,7 @@ async fn bad_commands_get_problem_details_and_append_nothing() {
         .unwrap();
     let (s, h) = (response.status(), response.headers().clone());
     let b: Value = response.json().await.unwrap();
-    expect_problem(s, &b, &h, StatusCode::CONFLICT);
+    expect_problem(s, &b, &h, StatusCode::PRECONDITION_FAILED);
 
     // 400: malformed JSON, unknown fields, a bad currency, a bad id.
     let response = client()

@@ -59,8 +59,10 @@ where
 pub enum RuleKind {
     /// The aggregate does not exist (HTTP 404).
     NotFound,
-    /// The command collides with the aggregate's current identity or version
-    /// (HTTP 409): retrying after re-reading may succeed.
+    /// The client's expected version (`If-Match`) is not the aggregate's
+    /// (HTTP 412): re-read, decide again, resend with the new version.
+    StaleVersion,
+    /// The command collides with the aggregate's current identity (HTTP 409).
     Conflict,
     /// The command breaks a business rule or carries invalid data (HTTP 422).
     Violation,

@@ -178,7 +178,8 @@ impl OrderError {
     pub fn kind(&self) -> RuleKind {
         match self {
             Self::NotFound => RuleKind::NotFound,
-            Self::VersionMismatch { .. } | Self::AlreadyPlaced => RuleKind::Conflict,
+            Self::VersionMismatch { .. } => RuleKind::StaleVersion,
+            Self::AlreadyPlaced => RuleKind::Conflict,
             Self::InvalidField { .. }
             | Self::CurrencyMismatch { .. }
             | Self::DuplicateLine { .. }
@@ -1184,7 +1185,7 @@ mod tests {
                 actual: 1
             }
             .kind(),
-            RuleKind::Conflict
+            RuleKind::StaleVersion
         );
         for violation in [
             invalid_field("reason", "x"),

@@ -85,7 +85,8 @@ impl ProductError {
     pub fn kind(&self) -> RuleKind {
         match self {
             Self::NotFound => RuleKind::NotFound,
-            Self::VersionMismatch { .. } | Self::AlreadyExists => RuleKind::Conflict,
+            Self::VersionMismatch { .. } => RuleKind::StaleVersion,
+            Self::AlreadyExists => RuleKind::Conflict,
             Self::InvalidField { .. }
             | Self::Discontinued
             | Self::NameUnchanged
@@ -772,7 +773,7 @@ mod tests {
                 actual: 2
             }
             .kind(),
-            RuleKind::Conflict
+            RuleKind::StaleVersion
         );
         for violation in [
             invalid_field("sku", "x"),
