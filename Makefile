@@ -15,7 +15,7 @@ help:
 	@echo "make logs     tail logs (make logs C=pg-primary for one component)"
 	@echo "make demo     place an order and read it back"
 	@echo "make install  install prerequisites (apt packages, tansu)"
-	@echo "make test     install prerequisites, then cargo test --workspace --locked"
+	@echo "make test     install prerequisites, build the binaries, cargo test --workspace --locked"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
 
 up:
@@ -37,9 +37,12 @@ demo:
 install:
 	$(STACK) install
 
-# Tests start their own throwaway stacks; they only need the binaries installed.
+# Tests start their own throwaway stacks; they only need the prerequisites
+# installed. The service binaries are built first because fault tests run
+# them as separate processes (to kill -9 them).
 test:
 	$(STACK) install
+	cargo build --workspace --bins --locked
 	cargo test --workspace --locked
 
 lint:

@@ -37,6 +37,9 @@ pub struct RelayConfig {
     pub batch_size: i64,
     /// `RELAY_POLL_INTERVAL_MS`: pause when there was nothing to publish.
     pub poll_interval: Duration,
+    /// `RELAY_LEASE_RETRY_MS`: how often a standby instance tries to become the
+    /// active relay, and how often an idle leader confirms its lease.
+    pub lease_retry: Duration,
     /// `RELAY_DELIVERY_TIMEOUT_MS`: how long the producer retries one message
     /// before the batch is failed and re-read from the cursor.
     pub delivery_timeout: Duration,
@@ -57,6 +60,7 @@ impl Config {
                 enabled: optional("RELAY_ENABLED", true)?,
                 batch_size: optional("RELAY_BATCH_SIZE", 500)?,
                 poll_interval: Duration::from_millis(optional("RELAY_POLL_INTERVAL_MS", 20)?),
+                lease_retry: Duration::from_millis(optional("RELAY_LEASE_RETRY_MS", 1_000)?),
                 delivery_timeout: Duration::from_millis(optional(
                     "RELAY_DELIVERY_TIMEOUT_MS",
                     30_000,

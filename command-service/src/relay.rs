@@ -14,6 +14,8 @@
 //! batch from the cursor, so consumers may see a message again and drop it by
 //! (aggregate id, sequence).
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_bus::TopicSettings;
@@ -23,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use schema::envelope::{topic_for, EventHeaders};
 use service_runtime::backoff::Backoff;
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::RelayConfig;
 
@@ -40,6 +42,51 @@ pub enum RelayError {
     BadMetadata { position: i64 },
     #[error("kafka topics: {0}")]
     Topics(#[from] event_bus::TopicError),
+    #[error("the relay lease's session failed: {0}")]
+    LeaseLost(#[source] sqlx::Error),
+}
+
+/// Whether this instance's relay is the active one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayRole {
+    /// Not configured to relay (`RELAY_ENABLED=false`).
+    Disabled,
+    /// Waiting for the lease held by another instance.
+    Standby,
+    /// Holding the lease and publishing.
+    Leader,
+}
+
+/// Shared, cheap-to-read view of a relay's role.
+#[derive(Debug, Clone)]
+pub struct RelayStatus(Arc<AtomicU8>);
+
+impl RelayStatus {
+    pub fn disabled() -> Self {
+        Self(Arc::new(AtomicU8::new(RelayRole::Disabled as u8)))
+    }
+
+    fn standby() -> Self {
+        Self(Arc::new(AtomicU8::new(RelayRole::Standby as u8)))
+    }
+
+    fn set(&self, role: RelayRole) {
+        self.0.store(role as u8, Ordering::Relaxed);
+    }
+
+    pub fn role(&self) -> RelayRole {
+        match self.0.load(Ordering::Relaxed) {
+            r if r == RelayRole::Leader as u8 => RelayRole::Leader,
+            r if r == RelayRole::Standby as u8 => RelayRole::Standby,
+            _ => RelayRole::Disabled,
+        }
+    }
+}
+
+/// The relay's leadership: a session holding the relay's advisory lock.
+struct Lease {
+    conn: PgConnection,
 }
 
 /// Where the relay has published up to.
@@ -57,6 +104,7 @@ pub struct OutboxRelay {
     topics: TopicSettings,
     config: RelayConfig,
     producer: FutureProducer,
+    status: RelayStatus,
 }
 
 impl OutboxRelay {
@@ -72,11 +120,19 @@ impl OutboxRelay {
             topics,
             config,
             producer,
+            status: RelayStatus::standby(),
         })
     }
 
-    /// Runs until `shutdown` is cancelled. A batch in flight is finished
-    /// first, so a graceful stop does not leave published-but-uncursored events.
+    /// A handle on this relay's role, for the status endpoint.
+    pub fn status(&self) -> RelayStatus {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled: waits to become the one active
+    /// relay, publishes while it is, and competes again if it loses the lease.
+    /// A batch in flight is finished first on shutdown, so a graceful stop
+    /// does not leave published-but-uncursored events.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         while let Err(error) = event_bus::ensure_topics(&self.topics).await {
@@ -85,24 +141,94 @@ impl OutboxRelay {
                 return;
             }
         }
-        let mut cursor = loop {
-            match self.load_cursor().await {
-                Ok(cursor) => break cursor,
+        let mut candidate = None;
+        while !shutdown.is_cancelled() {
+            let Some(mut lease) = self.acquire_lease(&mut candidate, &shutdown).await else {
+                break;
+            };
+            self.status.set(RelayRole::Leader);
+            tracing::info!(relay = %self.name, "this instance is now the active relay");
+            if let Err(error) = self.lead(&mut lease, &shutdown).await {
+                tracing::warn!(relay = %self.name, %error, "lost the relay lease; standing by");
+            }
+            self.status.set(RelayRole::Standby);
+            // Dropping the lease closes its session, which releases the lock.
+        }
+        let _ = self.producer.flush(Duration::from_secs(5));
+        tracing::info!(relay = %self.name, "outbox relay stopped");
+    }
+
+    /// Waits until this instance holds the relay's advisory lock. The lock is
+    /// taken on a dedicated connection (not pooled), so it lives exactly as
+    /// long as that session: a crashed leader's lock is released by Postgres
+    /// when its connection drops, and a standby takes over at its next try.
+    async fn acquire_lease(
+        &self,
+        candidate: &mut Option<PgConnection>,
+        shutdown: &CancellationToken,
+    ) -> Option<Lease> {
+        loop {
+            match self.try_lock(candidate).await {
+                Ok(Some(lease)) => return Some(lease),
+                Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(%error, "cannot read the outbox cursor yet");
-                    if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
-                        return;
-                    }
+                    tracing::warn!(%error, "cannot compete for the relay lease");
+                    *candidate = None;
                 }
             }
+            if sleep_or_shutdown(self.config.lease_retry, shutdown).await {
+                return None;
+            }
+        }
+    }
+
+    async fn try_lock(
+        &self,
+        candidate: &mut Option<PgConnection>,
+    ) -> Result<Option<Lease>, sqlx::Error> {
+        let mut conn = match candidate.take() {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(&self.pool.connect_options()).await?,
         };
-        tracing::info!(relay = %self.name, ?cursor, "outbox relay started");
-        backoff.reset();
+        let locked = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_lock(hashtext('outbox-relay:' || $1)) AS "locked!""#,
+            self.name
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        if locked {
+            Ok(Some(Lease { conn }))
+        } else {
+            *candidate = Some(conn);
+            Ok(None)
+        }
+    }
+
+    /// Publishes while holding `lease`. Returns when shutdown is requested
+    /// (Ok) or the lease's session is gone (Err).
+    async fn lead(
+        &mut self,
+        lease: &mut Lease,
+        shutdown: &CancellationToken,
+    ) -> Result<(), sqlx::Error> {
+        // The previous leader may have moved the cursor: always start from the table.
+        let mut cursor = self.load_cursor(&mut lease.conn).await?;
+        tracing::info!(relay = %self.name, ?cursor, "publishing from the cursor");
+        let mut backoff = Backoff::default();
+        let mut checked = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
-            match self.publish_next_batch(&mut cursor).await {
+            match self.publish_next_batch(&mut cursor, lease).await {
                 Ok(0) => {
                     backoff.reset();
-                    if sleep_or_shutdown(self.config.poll_interval, &shutdown).await {
+                    // Idle: confirm now and then that the lease still stands,
+                    // so a standby is not blocked by a leader that cannot publish.
+                    if checked.elapsed() >= self.config.lease_retry {
+                        sqlx::query!("SELECT 1 AS alive")
+                            .fetch_one(&mut lease.conn)
+                            .await?;
+                        checked = tokio::time::Instant::now();
+                    }
+                    if sleep_or_shutdown(self.config.poll_interval, shutdown).await {
                         break;
                     }
                 }
@@ -110,6 +236,7 @@ impl OutboxRelay {
                     backoff.reset();
                     tracing::debug!(published, position = cursor.position, "published batch");
                 }
+                Err(RelayError::LeaseLost(error)) => return Err(error),
                 Err(error) => {
                     tracing::warn!(%error, "outbox batch failed; retrying from the cursor");
                     // A failed delivery can leave the idempotent producer's
@@ -123,14 +250,13 @@ impl OutboxRelay {
                     ) {
                         self.recreate_producer();
                     }
-                    if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
+                    if sleep_or_shutdown(backoff.next_delay(), shutdown).await {
                         break;
                     }
                 }
             }
         }
-        let _ = self.producer.flush(Duration::from_secs(5));
-        tracing::info!(relay = %self.name, "outbox relay stopped");
+        Ok(())
     }
 
     fn recreate_producer(&mut self) {
@@ -140,13 +266,13 @@ impl OutboxRelay {
         }
     }
 
-    async fn load_cursor(&self) -> Result<Cursor, sqlx::Error> {
+    async fn load_cursor(&self, conn: &mut PgConnection) -> Result<Cursor, sqlx::Error> {
         let row = sqlx::query!(
             r#"SELECT transaction_id::text AS "transaction_id!", position
                  FROM outbox_cursor WHERE relay = $1"#,
             self.name
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
         Ok(row.map_or(
             Cursor {
@@ -162,7 +288,11 @@ impl OutboxRelay {
 
     /// Publishes the next batch after `cursor` and advances it. Returns how
     /// many events were published.
-    async fn publish_next_batch(&self, cursor: &mut Cursor) -> Result<usize, RelayError> {
+    async fn publish_next_batch(
+        &self,
+        cursor: &mut Cursor,
+        lease: &mut Lease,
+    ) -> Result<usize, RelayError> {
         let rows = sqlx::query!(
             r#"SELECT transaction_id::text AS "transaction_id!",
                       position, aggregate_type, aggregate_id, sequence,
@@ -256,8 +386,11 @@ impl OutboxRelay {
             next.transaction_id,
             next.position,
         )
-        .execute(&self.pool)
-        .await?;
+        // On the lease's own session: the write succeeds only while this
+        // instance still holds the lock, so a deposed leader cannot move it.
+        .execute(&mut lease.conn)
+        .await
+        .map_err(RelayError::LeaseLost)?;
         *cursor = next;
         Ok(rows.len())
     }

@@ -13,7 +13,7 @@ use tracing_actix_web::TracingLogger;
 use crate::commands::CommandBus;
 use crate::config::Config;
 use crate::http::{self, QueryPublicUrl};
-use crate::relay::{OutboxRelay, RelayError};
+use crate::relay::{OutboxRelay, RelayError, RelayStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -45,14 +45,21 @@ impl Application {
             .await?;
         schema::MIGRATOR.run(&pool).await?;
 
-        let listener = TcpListener::bind(&config.http_addr)?;
-        let port = listener.local_addr()?.port();
-        let server = http_server(listener, pool.clone(), &config)?;
         let relay = if config.relay.enabled {
-            Some(OutboxRelay::new(pool, config.topics, config.relay)?)
+            Some(OutboxRelay::new(
+                pool.clone(),
+                config.topics.clone(),
+                config.relay.clone(),
+            )?)
         } else {
             None
         };
+        let relay_status = relay
+            .as_ref()
+            .map_or_else(RelayStatus::disabled, OutboxRelay::status);
+        let listener = TcpListener::bind(&config.http_addr)?;
+        let port = listener.local_addr()?.port();
+        let server = http_server(listener, pool, relay_status, &config)?;
         Ok(Self {
             port,
             server,
@@ -88,10 +95,16 @@ impl Application {
     }
 }
 
-fn http_server(listener: TcpListener, pool: PgPool, config: &Config) -> std::io::Result<Server> {
+fn http_server(
+    listener: TcpListener,
+    pool: PgPool,
+    relay_status: RelayStatus,
+    config: &Config,
+) -> std::io::Result<Server> {
     let bus = web::Data::new(CommandBus::new(pool.clone(), config.snapshot_every));
     let base = web::Data::new(QueryPublicUrl(config.query_public_url.clone()));
     let pool = web::Data::new(pool);
+    let relay_status = web::Data::new(relay_status);
     let body_limit = config.body_limit_bytes;
     let server = HttpServer::new(move || {
         App::new()
@@ -102,8 +115,10 @@ fn http_server(listener: TcpListener, pool: PgPool, config: &Config) -> std::io:
             .app_data(bus.clone())
             .app_data(base.clone())
             .app_data(pool.clone())
+            .app_data(relay_status.clone())
             .route("/health/live", web::get().to(HttpResponse::Ok))
             .route("/health/ready", web::get().to(ready))
+            .route("/health/relay", web::get().to(relay_role))
             .configure(http::routes)
             .default_service(web::to(problem_details::route_not_found))
     })
@@ -126,4 +141,9 @@ async fn ready(pool: web::Data<PgPool>) -> HttpResponse {
             .with_retry_after(1)
             .to_response(),
     }
+}
+
+/// `{"role": "leader" | "standby" | "disabled"}`: which instance relays.
+async fn relay_role(status: web::Data<RelayStatus>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "role": status.role() }))
 }

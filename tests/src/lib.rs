@@ -55,7 +55,29 @@ static STACK: OnceLock<Stack> = OnceLock::new();
 
 /// The stack of this test binary, started on first call.
 pub fn stack() -> &'static Stack {
-    STACK.get_or_init(start)
+    STACK.get_or_init(|| start(true))
+}
+
+/// The same stack, but its in-process command-service does not relay: for a
+/// test binary that runs relays of its own (as separate processes). A binary
+/// uses either this or [`stack()`], never both.
+pub fn stack_without_relay() -> &'static Stack {
+    STACK.get_or_init(|| start(false))
+}
+
+/// A binary of this workspace (`command-service`, ...), built by `make test`
+/// (`cargo build --bins`) next to the test binaries.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --bins`; `make test` does)",
+        path.display()
+    );
+    path
 }
 
 fn repo_root() -> PathBuf {
@@ -65,7 +87,8 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -107,7 +130,7 @@ fn infra_up(script: &Path, dir: &Path, attempt: u32) -> Option<[(&'static str, u
     None
 }
 
-fn start() -> Stack {
+fn start(relay: bool) -> Stack {
     // Quiet by default: expected 4xx responses would otherwise flood the
     // output (tracing-actix-web logs them at WARN). RUST_LOG overrides.
     if std::env::var_os("RUST_LOG").is_none() {
@@ -168,6 +191,7 @@ fn start() -> Stack {
     };
 
     let (command_port, query_port) = run_services(
+        relay,
         primary_url.clone(),
         replica_url.clone(),
         redis_url.clone(),
@@ -190,6 +214,7 @@ fn start() -> Stack {
 /// Builds and runs the three services on a dedicated runtime thread; returns
 /// the HTTP ports of command-service and query-service.
 fn run_services(
+    relay: bool,
     primary_url: String,
     replica_url: String,
     redis_url: String,
@@ -222,9 +247,10 @@ fn run_services(
                     snapshot_every: 10,
                     topics: topics.clone(),
                     relay: command_service::config::RelayConfig {
-                        enabled: true,
+                        enabled: relay,
                         batch_size: 500,
                         poll_interval: Duration::from_millis(20),
+                        lease_retry: Duration::from_millis(500),
                         delivery_timeout: RELAY_DELIVERY_TIMEOUT,
                     },
                 })

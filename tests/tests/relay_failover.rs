@@ -1,0 +1,206 @@
+//! One active relay among several command-service instances: exactly one
+//! holds the lease; when it is killed (SIGKILL), another takes over within
+//! 10 s, and every committed event still reaches Kafka.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e_tests::{eventually, free_port, stack_without_relay as stack, workspace_binary};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+/// A command-service process; killed with SIGKILL when dropped.
+struct Instance {
+    child: Child,
+    port: u16,
+}
+
+impl Instance {
+    fn spawn(n: usize) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(
+            stack()
+                .dir
+                .join("logs")
+                .join(format!("command-service-{n}.log")),
+        )
+        .unwrap();
+        let child = Command::new(workspace_binary("command-service"))
+            .env("PRIMARY_DATABASE_URL", &stack().primary_url)
+            .env("KAFKA_BROKERS", &stack().brokers)
+            .env("KAFKA_TOPIC_PREFIX", &stack().topic_prefix)
+            .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RELAY_LEASE_RETRY_MS", "500")
+            .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, port }
+    }
+
+    async fn role(&self) -> Option<String> {
+        let response = reqwest::get(format!("http://127.0.0.1:{}/health/relay", self.port))
+            .await
+            .ok()?;
+        let body: Value = response.json().await.ok()?;
+        body["role"].as_str().map(str::to_owned)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn leaders(instances: &[Instance]) -> Vec<usize> {
+    let mut leaders = Vec::new();
+    for (i, instance) in instances.iter().enumerate() {
+        if instance.role().await.as_deref() == Some("leader") {
+            leaders.push(i);
+        }
+    }
+    leaders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_within_10s_of_the_leader_being_killed_and_nothing_is_lost() {
+    let mut instances: Vec<Instance> = (0..3).map(Instance::spawn).collect();
+    let leader = eventually(
+        "exactly one leader among 3 instances",
+        Duration::from_secs(60),
+        || async {
+            let leaders = leaders(&instances).await;
+            (leaders.len() == 1).then(|| leaders[0])
+        },
+    )
+    .await;
+
+    // Keep commands flowing through the whole failover.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut accepted = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let response = client
+                    .post(format!("{}/products", stack().command_url))
+                    .json(
+                        &json!({"sku": format!("F-{}", Uuid::new_v4().simple()), "name": "failover",
+                                  "price": {"amount_minor": 1, "currency": "EUR"}}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+                accepted += 1;
+            }
+            accepted
+        })
+    };
+    let pool = PgPoolOptions::new()
+        .connect(&stack().primary_url)
+        .await
+        .unwrap();
+    let cursor = || async {
+        sqlx::query_scalar::<_, i64>("SELECT coalesce(max(position), 0) FROM outbox_cursor")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    eventually("the leader publishes", Duration::from_secs(30), || async {
+        (cursor().await > 50).then_some(())
+    })
+    .await;
+    // Exactly one leader while all are healthy.
+    for _ in 0..5 {
+        assert_eq!(leaders(&instances).await.len(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let killed_at = Instant::now();
+    drop(instances.remove(leader)); // SIGKILL
+    let new_leader = eventually("a standby takes over", Duration::from_secs(10), || async {
+        let leaders = leaders(&instances).await;
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+    .await;
+    eprintln!(
+        "failover took {:?} (new leader: instance {new_leader})",
+        killed_at.elapsed()
+    );
+    let taken_over_at = cursor().await;
+    eventually(
+        "the new leader publishes",
+        Duration::from_secs(30),
+        || async { (cursor().await > taken_over_at).then_some(()) },
+    )
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let accepted = writer.await.unwrap();
+    let last: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    eventually(
+        "the backlog is published",
+        Duration::from_secs(60),
+        || async { (cursor().await >= last).then_some(()) },
+    )
+    .await;
+
+    // Jepsen-style: every committed event is readable from Kafka.
+    let committed: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT aggregate_id, sequence FROM events WHERE aggregate_type = 'Product'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut missing: HashSet<(String, i64)> = committed.iter().cloned().collect();
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack().brokers)
+        .set("group.id", format!("e2e-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&schema::envelope::topic_for(
+            &stack().topic_prefix,
+            "Product",
+        )])
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !missing.is_empty() {
+        let Ok(message) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let message = message.unwrap();
+        let headers = message.headers().unwrap();
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .filter_map(|h| h.value.map(|v| (h.key, v)))
+            .collect();
+        let headers = schema::envelope::EventHeaders::from_pairs(pairs).unwrap();
+        missing.remove(&(headers.aggregate_id, headers.sequence));
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} committed events never reached Kafka ({accepted} commands accepted), e.g. {:?}",
+        missing.len(),
+        committed.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+}
