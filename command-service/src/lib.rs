@@ -7,5 +7,6 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod relay;
 pub mod startup;

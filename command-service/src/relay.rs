@@ -28,6 +28,10 @@ use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::RelayConfig;
+use crate::metrics::RelayMetrics;
+
+/// Name of the relay's cursor row and lease. One relay per event store.
+pub const RELAY_NAME: &str = "main";
 
 /// The relay's failure modes; each is retried from the stored cursor.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,7 @@ pub struct OutboxRelay {
     config: RelayConfig,
     producer: FutureProducer,
     status: RelayStatus,
+    metrics: RelayMetrics,
 }
 
 impl OutboxRelay {
@@ -112,10 +117,12 @@ impl OutboxRelay {
         pool: PgPool,
         topics: TopicSettings,
         config: RelayConfig,
+        metrics: RelayMetrics,
     ) -> Result<Self, RelayError> {
         let producer = create_producer(&topics, &config)?;
         Ok(Self {
-            name: "main".to_owned(),
+            name: RELAY_NAME.to_owned(),
+            metrics,
             pool,
             topics,
             config,
@@ -147,11 +154,13 @@ impl OutboxRelay {
                 break;
             };
             self.status.set(RelayRole::Leader);
+            self.metrics.leader.set(1);
             tracing::info!(relay = %self.name, "this instance is now the active relay");
             if let Err(error) = self.lead(&mut lease, &shutdown).await {
                 tracing::warn!(relay = %self.name, %error, "lost the relay lease; standing by");
             }
             self.status.set(RelayRole::Standby);
+            self.metrics.leader.set(0);
             // Dropping the lease closes its session, which releases the lock.
         }
         let _ = self.producer.flush(Duration::from_secs(5));
@@ -238,6 +247,7 @@ impl OutboxRelay {
                 }
                 Err(RelayError::LeaseLost(error)) => return Err(error),
                 Err(error) => {
+                    self.metrics.failed_batches.inc();
                     tracing::warn!(%error, "outbox batch failed; retrying from the cursor");
                     // A failed delivery can leave the idempotent producer's
                     // sequence state unusable (fatal error, or fenced after an
@@ -392,6 +402,7 @@ impl OutboxRelay {
         .await
         .map_err(RelayError::LeaseLost)?;
         *cursor = next;
+        self.metrics.published.inc_by(rows.len() as u64);
         Ok(rows.len())
     }
 }

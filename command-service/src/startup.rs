@@ -13,6 +13,7 @@ use tracing_actix_web::TracingLogger;
 use crate::commands::CommandBus;
 use crate::config::Config;
 use crate::http::{self, QueryPublicUrl};
+use crate::metrics::Metrics;
 use crate::relay::{OutboxRelay, RelayError, RelayStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum StartupError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("binding the HTTP listener: {0}")]
     Bind(#[from] std::io::Error),
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("creating the outbox relay: {0}")]
     Relay(#[from] RelayError),
 }
@@ -45,11 +48,13 @@ impl Application {
             .await?;
         schema::MIGRATOR.run(&pool).await?;
 
+        let metrics = Metrics::new()?;
         let relay = if config.relay.enabled {
             Some(OutboxRelay::new(
                 pool.clone(),
                 config.topics.clone(),
                 config.relay.clone(),
+                metrics.relay.clone(),
             )?)
         } else {
             None
@@ -59,7 +64,7 @@ impl Application {
             .map_or_else(RelayStatus::disabled, OutboxRelay::status);
         let listener = TcpListener::bind(&config.http_addr)?;
         let port = listener.local_addr()?.port();
-        let server = http_server(listener, pool, relay_status, &config)?;
+        let server = http_server(listener, pool, relay_status, metrics, &config)?;
         Ok(Self {
             port,
             server,
@@ -99,12 +104,14 @@ fn http_server(
     listener: TcpListener,
     pool: PgPool,
     relay_status: RelayStatus,
+    metrics: Metrics,
     config: &Config,
 ) -> std::io::Result<Server> {
     let bus = web::Data::new(CommandBus::new(pool.clone(), config.snapshot_every));
     let base = web::Data::new(QueryPublicUrl(config.query_public_url.clone()));
     let pool = web::Data::new(pool);
     let relay_status = web::Data::new(relay_status);
+    let metrics = web::Data::new(metrics);
     let body_limit = config.body_limit_bytes;
     let server = HttpServer::new(move || {
         App::new()
@@ -116,6 +123,8 @@ fn http_server(
             .app_data(base.clone())
             .app_data(pool.clone())
             .app_data(relay_status.clone())
+            .app_data(metrics.clone())
+            .route("/metrics", web::get().to(crate::metrics::metrics))
             .route("/health/live", web::get().to(HttpResponse::Ok))
             .route("/health/ready", web::get().to(ready))
             .route("/health/relay", web::get().to(relay_role))

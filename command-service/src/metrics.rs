@@ -1,0 +1,100 @@
+//! Prometheus metrics of command-service, served at `GET /metrics`.
+//!
+//! Outbox lag is computed from the database when scraped, so every instance
+//! (leader or standby) reports the same truth and no background task is needed.
+
+use actix_web::{web, HttpResponse};
+use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use sqlx::PgPool;
+
+/// The relay's counters, shared with the relay task.
+#[derive(Clone)]
+pub struct RelayMetrics {
+    pub published: IntCounter,
+    pub failed_batches: IntCounter,
+    pub leader: IntGauge,
+}
+
+/// Everything `/metrics` reports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub relay: RelayMetrics,
+    lag_events: IntGauge,
+    lag_seconds: Gauge,
+}
+
+impl Metrics {
+    /// A fresh registry per application, so several instances in one
+    /// process (tests) do not collide.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let relay = RelayMetrics {
+            published: IntCounter::new(
+                "relay_published_events_total",
+                "Events the broker acknowledged",
+            )?,
+            failed_batches: IntCounter::new(
+                "relay_failed_batches_total",
+                "Relay batches that failed and were re-read from the cursor",
+            )?,
+            leader: IntGauge::new(
+                "relay_leader",
+                "1 while this instance holds the relay lease",
+            )?,
+        };
+        let lag_events = IntGauge::new(
+            "outbox_lag_events",
+            "Committed events not yet acknowledged by the broker",
+        )?;
+        let lag_seconds = Gauge::new(
+            "outbox_lag_seconds",
+            "Age of the oldest committed event not yet acknowledged by the broker",
+        )?;
+        registry.register(Box::new(relay.published.clone()))?;
+        registry.register(Box::new(relay.failed_batches.clone()))?;
+        registry.register(Box::new(relay.leader.clone()))?;
+        registry.register(Box::new(lag_events.clone()))?;
+        registry.register(Box::new(lag_seconds.clone()))?;
+        Ok(Self {
+            registry,
+            relay,
+            lag_events,
+            lag_seconds,
+        })
+    }
+
+    async fn refresh_outbox_lag(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let lag = sqlx::query!(
+            r#"WITH cursor AS (
+                   SELECT coalesce((SELECT transaction_id FROM outbox_cursor WHERE relay = $1), '0'::xid8)
+                              AS transaction_id,
+                          coalesce((SELECT position FROM outbox_cursor WHERE relay = $1), 0) AS position)
+               SELECT count(*) AS "events!",
+                      coalesce(extract(epoch FROM now() - min(e.recorded_at)), 0)::float8 AS "seconds!"
+                 FROM events e, cursor c
+                WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)"#,
+            crate::relay::RELAY_NAME
+        )
+        .fetch_one(pool)
+        .await?;
+        self.lag_events.set(lag.events);
+        self.lag_seconds.set(lag.seconds);
+        Ok(())
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub async fn metrics(metrics: web::Data<Metrics>, pool: web::Data<PgPool>) -> HttpResponse {
+    if let Err(error) = metrics.refresh_outbox_lag(&pool).await {
+        // Stale lag gauges are better than no metrics at all.
+        tracing::warn!(%error, "cannot measure outbox lag");
+    }
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&metrics.registry.gather(), &mut body) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(body),
+        Err(error) => HttpResponse::InternalServerError().body(error.to_string()),
+    }
+}
