@@ -2,9 +2,10 @@
 //! was appended.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use cqrs_es::{Aggregate, AggregateError};
-use postgres_es::{postgres_snapshot_cqrs, PostgresCqrs};
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use schema::consistency::ConsistencyToken;
 use schema::envelope::metadata;
 use sqlx::PgPool;
@@ -12,17 +13,54 @@ use uuid::Uuid;
 
 use crate::domain::{Guarded, Order, OrderCommand, Product, ProductCommand};
 use crate::error::CommandError;
+use crate::event_store::{idempotency_metadata, EventStore};
+use crate::idempotency::{encode_hex, Idempotency};
 
 /// What a successful command appended: the aggregate's new version, the
 /// global position of its last event, and both as an opaque
 /// [`ConsistencyToken`] the query side accepts for read-your-writes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Accepted {
-    pub aggregate_type: &'static str,
+    pub aggregate_type: String,
     pub aggregate_id: Uuid,
     pub version: i64,
     pub position: i64,
     pub consistency_token: String,
+}
+
+impl Accepted {
+    /// The one way to build a result, so that a replayed Idempotency-Key
+    /// answer is byte-identical to the original.
+    pub fn new(aggregate_type: &str, aggregate_id: Uuid, version: i64, position: i64) -> Self {
+        let consistency_token = ConsistencyToken {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_string(),
+            version,
+            position,
+        }
+        .encode();
+        Self {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id,
+            version,
+            position,
+            consistency_token,
+        }
+    }
+}
+
+type Framework<A> = CqrsFramework<A, PersistedEventStore<EventStore, A>>;
+
+fn framework<A: Aggregate<Services = ()>>(
+    store: EventStore,
+    snapshot_every: usize,
+) -> Framework<A> {
+    CqrsFramework::new(
+        PersistedEventStore::new_snapshot_store(store, snapshot_every)
+            .with_upcasters(crate::domain::upcasters()),
+        vec![],
+        (),
+    )
 }
 
 /// The command side's single entry point: one cqrs-es framework per aggregate
@@ -33,19 +71,20 @@ pub struct Accepted {
 /// are fed only from the outbox relay, which cannot skip an event.
 pub struct CommandBus {
     pool: PgPool,
-    products: PostgresCqrs<Product>,
-    orders: PostgresCqrs<Order>,
+    products: Framework<Product>,
+    orders: Framework<Order>,
 }
 
 impl CommandBus {
     /// `snapshot_every`: an aggregate's state is snapshotted every that many
     /// events, so loading it reads the snapshot plus at most that many events
-    /// instead of its whole history.
-    pub fn new(pool: PgPool, snapshot_every: usize) -> Self {
+    /// instead of its whole history. `idempotency_ttl`: how long an
+    /// Idempotency-Key is remembered.
+    pub fn new(pool: PgPool, snapshot_every: usize, idempotency_ttl: Duration) -> Self {
         let every = snapshot_every.max(1);
         Self {
-            products: postgres_snapshot_cqrs(pool.clone(), vec![], every, ()),
-            orders: postgres_snapshot_cqrs(pool.clone(), vec![], every, ()),
+            products: framework(EventStore::new(pool.clone(), idempotency_ttl), every),
+            orders: framework(EventStore::new(pool.clone(), idempotency_ttl), every),
             pool,
         }
     }
@@ -54,30 +93,38 @@ impl CommandBus {
         &self,
         id: Uuid,
         command: Guarded<ProductCommand>,
+        idempotency: Option<&Idempotency>,
     ) -> Result<Accepted, CommandError> {
-        self.execute(&self.products, id, command).await
+        self.execute(&self.products, id, command, idempotency).await
     }
 
     pub async fn order(
         &self,
         id: Uuid,
         command: Guarded<OrderCommand>,
+        idempotency: Option<&Idempotency>,
     ) -> Result<Accepted, CommandError> {
-        self.execute(&self.orders, id, command).await
+        self.execute(&self.orders, id, command, idempotency).await
     }
 
     async fn execute<A>(
         &self,
-        cqrs: &PostgresCqrs<A>,
+        cqrs: &Framework<A>,
         id: Uuid,
         command: A::Command,
+        idempotency: Option<&Idempotency>,
     ) -> Result<Accepted, CommandError>
     where
         A: Aggregate,
         CommandError: From<A::Error>,
     {
+        if let Some(idempotency) = idempotency {
+            if let Some(done) = self.replay(idempotency).await? {
+                return Ok(done);
+            }
+        }
         let command_id = Uuid::now_v7();
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             (metadata::COMMAND_ID.to_owned(), command_id.to_string()),
             (
                 metadata::OCCURRED_AT.to_owned(),
@@ -86,14 +133,62 @@ impl CommandBus {
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             ),
         ]);
-        cqrs.execute_with_metadata(&id.to_string(), command, metadata)
-            .await
-            .map_err(CommandError::from_aggregate)?;
-        self.appended(A::TYPE, id, command_id).await
+        if let Some(idempotency) = idempotency {
+            metadata.insert(
+                idempotency_metadata::KEY.to_owned(),
+                idempotency.key.clone(),
+            );
+            metadata.insert(
+                idempotency_metadata::REQUEST_HASH.to_owned(),
+                encode_hex(&idempotency.request_hash),
+            );
+        }
+        let outcome = cqrs
+            .execute_with_metadata(&id.to_string(), command, metadata)
+            .await;
+        match (outcome, idempotency) {
+            (Ok(()), None) => self.appended(A::TYPE, id, command_id).await,
+            (Ok(()), Some(idempotency)) => self
+                .replay(idempotency)
+                .await?
+                .ok_or(CommandError::NothingAppended),
+            (Err(error), None) => Err(CommandError::from_aggregate(error)),
+            // Whatever failed, a request with the same key may have completed
+            // meanwhile (it raced us to the key, or its events made our
+            // command invalid): then its result is ours.
+            (Err(error), Some(idempotency)) => match self.replay(idempotency).await? {
+                Some(done) => Ok(done),
+                None => Err(CommandError::from_aggregate(error)),
+            },
+        }
     }
 
-    /// Finds the last event the command `command_id` appended. postgres-es
-    /// does not return positions, so the command id written into the events'
+    /// The stored result of `idempotency`'s key, if a command with it completed.
+    async fn replay(&self, idempotency: &Idempotency) -> Result<Option<Accepted>, CommandError> {
+        let row = sqlx::query!(
+            r#"SELECT request_hash, aggregate_type, aggregate_id, version, position
+                 FROM idempotency_keys
+                WHERE key = $1 AND expires_at > now()"#,
+            idempotency.key
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(CommandError::Database)?;
+        let Some(row) = row else { return Ok(None) };
+        if row.request_hash != idempotency.request_hash {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        let id = Uuid::parse_str(&row.aggregate_id).map_err(|_| CommandError::NothingAppended)?;
+        Ok(Some(Accepted::new(
+            &row.aggregate_type,
+            id,
+            row.version,
+            row.position,
+        )))
+    }
+
+    /// Finds the last event the command `command_id` appended. cqrs-es does
+    /// not return positions, so the command id written into the events'
     /// metadata identifies them; the primary key narrows the scan to one
     /// aggregate.
     async fn appended(
@@ -117,20 +212,12 @@ impl CommandBus {
         .await
         .map_err(CommandError::Database)?
         .ok_or(CommandError::NothingAppended)?;
-        let consistency_token = ConsistencyToken {
-            aggregate_type: aggregate_type.to_owned(),
-            aggregate_id: id.to_string(),
-            version: row.sequence,
-            position: row.position,
-        }
-        .encode();
-        Ok(Accepted {
+        Ok(Accepted::new(
             aggregate_type,
-            aggregate_id: id,
-            version: row.sequence,
-            position: row.position,
-            consistency_token,
-        })
+            id,
+            row.sequence,
+            row.position,
+        ))
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// `SNAPSHOT_EVERY`: snapshot an aggregate every that many events.
     pub snapshot_every: usize,
+    /// `IDEMPOTENCY_TTL_SECS`: how long an Idempotency-Key is remembered.
+    pub idempotency_ttl: Duration,
     /// Kafka settings, see [`TopicSettings::from_env`].
     pub topics: TopicSettings,
     pub relay: RelayConfig,
@@ -55,6 +57,7 @@ impl Config {
             query_public_url: optional("QUERY_PUBLIC_URL", "http://127.0.0.1:8081".to_owned())?,
             body_limit_bytes: optional("BODY_LIMIT_BYTES", 64 * 1024)?,
             snapshot_every: optional("SNAPSHOT_EVERY", 50)?,
+            idempotency_ttl: Duration::from_secs(optional("IDEMPOTENCY_TTL_SECS", 86_400)?),
             topics: TopicSettings::from_env()?,
             relay: RelayConfig {
                 enabled: optional("RELAY_ENABLED", true)?,

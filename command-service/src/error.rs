@@ -21,6 +21,11 @@ pub enum CommandError {
     ConcurrentWrite,
     #[error("If-Match must be an aggregate version such as \"3\"")]
     InvalidIfMatch,
+    #[error(transparent)]
+    InvalidIdempotencyKey(#[from] crate::idempotency::InvalidKey),
+    /// The key was used before with a different request.
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
     #[error("event store unavailable: {0}")]
     StoreUnavailable(#[source] BoxError),
     #[error("event store error: {0}")]
@@ -50,6 +55,18 @@ impl CommandError {
                 StatusCode::BAD_REQUEST,
                 "/problems/invalid-if-match",
                 "Invalid If-Match header",
+            )
+            .with_detail(self.to_string()),
+            Self::InvalidIdempotencyKey(_) => Problem::typed(
+                StatusCode::BAD_REQUEST,
+                "/problems/invalid-idempotency-key",
+                "Invalid Idempotency-Key header",
+            )
+            .with_detail(self.to_string()),
+            Self::IdempotencyKeyReused => Problem::typed(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/idempotency-key-reused",
+                "Idempotency-Key reused",
             )
             .with_detail(self.to_string()),
             Self::StoreUnavailable(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE)

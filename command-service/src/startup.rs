@@ -1,6 +1,7 @@
 //! Builds the service from its [`Config`] and runs it until shutdown.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -12,6 +13,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::commands::CommandBus;
 use crate::config::Config;
+use crate::event_store::purge_expired_keys;
 use crate::http::{self, QueryPublicUrl};
 use crate::metrics::Metrics;
 use crate::relay::{OutboxRelay, RelayError, RelayStatus};
@@ -35,6 +37,7 @@ pub struct Application {
     port: u16,
     server: Server,
     relay: Option<OutboxRelay>,
+    pool: PgPool,
 }
 
 impl Application {
@@ -64,11 +67,12 @@ impl Application {
             .map_or_else(RelayStatus::disabled, OutboxRelay::status);
         let listener = TcpListener::bind(&config.http_addr)?;
         let port = listener.local_addr()?.port();
-        let server = http_server(listener, pool, relay_status, metrics, &config)?;
+        let server = http_server(listener, pool.clone(), relay_status, metrics, &config)?;
         Ok(Self {
             port,
             server,
             relay,
+            pool,
         })
     }
 
@@ -82,6 +86,11 @@ impl Application {
         let relay = self
             .relay
             .map(|relay| tokio::spawn(relay.run(shutdown.clone())));
+        let purge = tokio::spawn(purge_expired_keys(
+            self.pool,
+            Duration::from_secs(60),
+            shutdown.clone(),
+        ));
         let handle = self.server.handle();
         let stopper = {
             let shutdown = shutdown.clone();
@@ -96,6 +105,7 @@ impl Application {
         if let Some(relay) = relay {
             let _ = relay.await;
         }
+        let _ = purge.await;
         served
     }
 }
@@ -107,7 +117,11 @@ fn http_server(
     metrics: Metrics,
     config: &Config,
 ) -> std::io::Result<Server> {
-    let bus = web::Data::new(CommandBus::new(pool.clone(), config.snapshot_every));
+    let bus = web::Data::new(CommandBus::new(
+        pool.clone(),
+        config.snapshot_every,
+        config.idempotency_ttl,
+    ));
     let base = web::Data::new(QueryPublicUrl(config.query_public_url.clone()));
     let pool = web::Data::new(pool);
     let relay_status = web::Data::new(relay_status);

@@ -196,9 +196,14 @@ fn decode(message: &OwnedMessage) -> Option<StreamEvent> {
         .map_err(|e| e.to_string())
         .and_then(|headers| {
             let payload = message.payload().unwrap_or_default();
-            AnyEvent::decode(&headers.aggregate_type, payload)
-                .map(|event| StreamEvent { headers, event })
-                .map_err(|e| e.to_string())
+            AnyEvent::decode_versioned(
+                &headers.aggregate_type,
+                &headers.event_type,
+                &headers.event_version,
+                payload,
+            )
+            .map(|event| StreamEvent { headers, event })
+            .map_err(|e| e.to_string())
         });
     match decoded {
         Ok(event) => Some(event),

@@ -118,6 +118,7 @@ pub fn sales_sign(before: Option<&OrderSummary>, event: &OrderEvent) -> i64 {
 mod tests {
     use super::*;
     use schema::money::Currency;
+    use schema::order::CancelledBy;
 
     fn eur(amount: i64) -> Money {
         Money::new(amount, Currency::try_from("EUR").expect("valid"))
@@ -187,7 +188,10 @@ mod tests {
         assert_eq!(s.status, OrderStatus::Confirmed);
         assert_eq!(s.updated_at, at(3));
         assert_eq!(s.placed_at, at(0));
-        let cancel = OrderEvent::OrderCancelled { reason: "x".into() };
+        let cancel = OrderEvent::OrderCancelled {
+            reason: "x".into(),
+            cancelled_by: CancelledBy::Customer,
+        };
         assert_eq!(sales_sign(Some(&s), &cancel), -1);
     }
 
@@ -211,6 +215,43 @@ mod tests {
         );
     }
 
+    /// The store keeps every event in the version it was written with and the
+    /// relay publishes it unchanged, so the projector receives `OrderCancelled`
+    /// v1 and v2 side by side: both must fold into the same cancelled summary.
+    #[test]
+    fn order_cancelled_v1_and_v2_fold_into_the_same_cancelled_summary() {
+        use schema::envelope::AnyEvent;
+
+        let id = Uuid::from_u128(7);
+        let placed = OrderEvent::OrderPlaced {
+            customer_id: Uuid::from_u128(9),
+            lines: vec![line(1, 2, 250)],
+        };
+        let placed = fold(None, id, &placed, at(0), 1).expect("placed");
+        let confirmed =
+            fold(Some(placed), id, &OrderEvent::OrderConfirmed {}, at(1), 2).expect("confirmed");
+        let cancel = |version: &str, payload: &[u8]| {
+            let AnyEvent::Order(event) =
+                AnyEvent::decode_versioned("Order", "OrderCancelled", version, payload)
+                    .expect("decodes")
+            else {
+                panic!("not an order event");
+            };
+            assert_eq!(sales_sign(Some(&confirmed), &event), -1);
+            assert_eq!(history_kind(&event), "cancelled");
+            fold(Some(confirmed.clone()), id, &event, at(2), 3).expect("cancelled")
+        };
+        let from_v1 = cancel("1", br#"{"OrderCancelled":{"reason":"customer request"}}"#);
+        let from_v2 = cancel(
+            "2",
+            br#"{"OrderCancelled":{"reason":"customer request","cancelled_by":"merchant"}}"#,
+        );
+        assert_eq!(from_v1, from_v2);
+        assert_eq!(from_v1.status, OrderStatus::Cancelled);
+        assert_eq!(from_v1.version, 3);
+        assert_eq!(from_v1.total, eur(500));
+    }
+
     #[test]
     fn cancelling_an_unconfirmed_order_books_no_sales() {
         let placed = OrderEvent::OrderPlaced {
@@ -218,7 +259,10 @@ mod tests {
             lines: vec![line(1, 1, 1)],
         };
         let s = fold(None, Uuid::from_u128(7), &placed, at(0), 1).expect("placed");
-        let cancel = OrderEvent::OrderCancelled { reason: "x".into() };
+        let cancel = OrderEvent::OrderCancelled {
+            reason: "x".into(),
+            cancelled_by: CancelledBy::Customer,
+        };
         assert_eq!(sales_sign(Some(&s), &cancel), 0);
     }
 }

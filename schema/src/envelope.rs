@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::{order, product};
+use crate::upcast::{self, UpcastError};
+use crate::{order, product, VersionedEvent};
 
 /// Keys of `events.metadata`, written by command-service with every event.
 pub mod metadata {
@@ -138,10 +139,51 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
+    /// The payload does not have the shape of the version it is labelled with.
+    #[error(transparent)]
+    Upcast(#[from] UpcastError),
+    /// The payload decoded, but to another event type or version than its
+    /// label (after upcasting) says: e.g. a version newer than this build knows.
+    #[error(
+        "event labelled {event_type} v{event_version} (v{upcast_version} after upcasting) \
+         decoded as {decoded_type} v{decoded_version}"
+    )]
+    Mismatch {
+        /// `event_type` as labelled.
+        event_type: String,
+        /// `event_version` as labelled.
+        event_version: String,
+        /// The version the label upcasts to.
+        upcast_version: String,
+        /// The type of the decoded value.
+        decoded_type: &'static str,
+        /// The version of the decoded value.
+        decoded_version: &'static str,
+    },
+}
+
+impl VersionedEvent for AnyEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            Self::Product(event) => event.event_type(),
+            Self::Order(event) => event.event_type(),
+        }
+    }
+
+    fn event_version(&self) -> &'static str {
+        match self {
+            Self::Product(event) => event.event_version(),
+            Self::Order(event) => event.event_version(),
+        }
+    }
 }
 
 impl AnyEvent {
-    /// Decodes `payload` (the JSON in `events.payload` / the Kafka value).
+    /// Decodes `payload` (the JSON in `events.payload` / the Kafka value),
+    /// which must already be in the *current* version of its event.
+    ///
+    /// Stored events keep the version they were written with; to read one,
+    /// use [`AnyEvent::decode_versioned`], which upcasts first.
     pub fn decode(aggregate_type: &str, payload: &[u8]) -> Result<Self, DecodeError> {
         let wrap = |source| DecodeError::Payload {
             aggregate_type: aggregate_type.to_owned(),
@@ -154,6 +196,60 @@ impl AnyEvent {
             order::AGGREGATE_TYPE => serde_json::from_slice(payload)
                 .map(Self::Order)
                 .map_err(wrap),
+            other => Err(DecodeError::UnknownAggregateType(other.to_owned())),
+        }
+    }
+
+    /// Decodes `payload` labelled `event_type` at `event_version` (the
+    /// `events` columns / Kafka headers of the same names): upcasts it to the
+    /// current version with [`crate::upcast::upcast`], then deserializes it.
+    ///
+    /// Fails if the decoded event's type or version differs from the label
+    /// after upcasting, so a payload from a newer writer, or one labelled
+    /// with another event type, is reported instead of misread.
+    pub fn decode_versioned(
+        aggregate_type: &str,
+        event_type: &str,
+        event_version: &str,
+        payload: &[u8],
+    ) -> Result<Self, DecodeError> {
+        let (version, event) = if upcast::needs_upcast(aggregate_type, event_type, event_version) {
+            let value = serde_json::from_slice(payload).map_err(|source| DecodeError::Payload {
+                aggregate_type: aggregate_type.to_owned(),
+                source,
+            })?;
+            let (version, value) =
+                upcast::upcast(aggregate_type, event_type, event_version, value)?;
+            (version, Self::decode_value(aggregate_type, value)?)
+        } else {
+            (
+                event_version.to_owned(),
+                Self::decode(aggregate_type, payload)?,
+            )
+        };
+        if event.event_type() != event_type || event.event_version() != version {
+            return Err(DecodeError::Mismatch {
+                event_type: event_type.to_owned(),
+                event_version: event_version.to_owned(),
+                upcast_version: version,
+                decoded_type: event.event_type(),
+                decoded_version: event.event_version(),
+            });
+        }
+        Ok(event)
+    }
+
+    /// [`AnyEvent::decode`] for a payload already parsed into JSON.
+    fn decode_value(aggregate_type: &str, value: serde_json::Value) -> Result<Self, DecodeError> {
+        let wrap = |source| DecodeError::Payload {
+            aggregate_type: aggregate_type.to_owned(),
+            source,
+        };
+        match aggregate_type {
+            product::AGGREGATE_TYPE => serde_json::from_value(value)
+                .map(Self::Product)
+                .map_err(wrap),
+            order::AGGREGATE_TYPE => serde_json::from_value(value).map(Self::Order).map_err(wrap),
             other => Err(DecodeError::UnknownAggregateType(other.to_owned())),
         }
     }
@@ -204,6 +300,64 @@ mod tests {
     #[test]
     fn topics_are_per_aggregate_type() {
         assert_eq!(topic_for("events", "Order"), "events.order");
+    }
+
+    #[test]
+    fn decode_versioned_upcasts_old_versions_and_reads_current_ones() {
+        let v1 = br#"{"OrderCancelled":{"reason":"r"}}"#;
+        let v2 = br#"{"OrderCancelled":{"reason":"r","cancelled_by":"unknown"}}"#;
+        let from_v1 = AnyEvent::decode_versioned("Order", "OrderCancelled", "1", v1).expect("v1");
+        let from_v2 = AnyEvent::decode_versioned("Order", "OrderCancelled", "2", v2).expect("v2");
+        assert_eq!(from_v1, from_v2);
+        assert_eq!(
+            from_v1,
+            AnyEvent::Order(order::OrderEvent::OrderCancelled {
+                reason: "r".into(),
+                cancelled_by: order::CancelledBy::Unknown,
+            })
+        );
+        assert_eq!(from_v1.event_version(), "2");
+        // The unversioned decode only reads the current shape.
+        assert!(AnyEvent::decode("Order", v1).is_err());
+        let confirmed = br#"{"OrderConfirmed":{}}"#;
+        assert!(matches!(
+            AnyEvent::decode_versioned("Order", "OrderConfirmed", "1", confirmed),
+            Ok(AnyEvent::Order(order::OrderEvent::OrderConfirmed {}))
+        ));
+    }
+
+    #[test]
+    fn decode_versioned_rejects_payloads_that_contradict_their_labels() {
+        let v2 = br#"{"OrderCancelled":{"reason":"r","cancelled_by":"system"}}"#;
+        // A version this build does not know (e.g. from a newer writer).
+        assert!(matches!(
+            AnyEvent::decode_versioned("Order", "OrderCancelled", "3", v2),
+            Err(DecodeError::Mismatch {
+                decoded_version: "2",
+                ..
+            })
+        ));
+        // A current payload labelled with its old version is not upcast twice.
+        assert!(matches!(
+            AnyEvent::decode_versioned("Order", "OrderCancelled", "1", v2),
+            Err(DecodeError::Upcast(_))
+        ));
+        // The label's event type must match the payload's.
+        assert!(matches!(
+            AnyEvent::decode_versioned("Order", "OrderShipped", "2", v2),
+            Err(DecodeError::Mismatch {
+                decoded_type: "OrderCancelled",
+                ..
+            })
+        ));
+        assert!(matches!(
+            AnyEvent::decode_versioned("Order", "OrderCancelled", "1", b"not json"),
+            Err(DecodeError::Payload { .. })
+        ));
+        assert!(matches!(
+            AnyEvent::decode_versioned("Invoice", "InvoiceSent", "1", b"{}"),
+            Err(DecodeError::UnknownAggregateType(_))
+        ));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod money;
 pub mod order;
 pub mod product;
+pub mod upcast;
 pub mod views;
 
 /// What every event enum of the contract says about each of its values: a

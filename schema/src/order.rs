@@ -25,6 +25,26 @@ impl OrderLine {
     }
 }
 
+/// Who called an order off; part of [`OrderEvent::OrderCancelled`] since its
+/// version 2.
+///
+/// Serialized in snake case: `"customer"`, `"merchant"`, `"system"`, `"unknown"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelledBy {
+    /// The customer who placed the order.
+    Customer,
+    /// The merchant (staff acting for the shop).
+    Merchant,
+    /// An automated process, e.g. a payment or stock timeout.
+    System,
+    /// Nobody recorded who it was. Every version 1 `OrderCancelled` upcasts to
+    /// this (see [`crate::upcast`]), and it is the default for a new
+    /// cancellation whose originator the caller does not state.
+    #[default]
+    Unknown,
+}
+
 /// Everything that can happen to an order, in the past tense.
 ///
 /// Same wire rules as [`crate::product::ProductEvent`]: externally tagged JSON,
@@ -42,8 +62,12 @@ pub enum OrderEvent {
         product_id: Uuid,
     },
     OrderConfirmed {},
+    /// Version 2: `cancelled_by` was added. Version 1 payloads
+    /// (`{"OrderCancelled":{"reason":"..."}}`) are upcast by [`crate::upcast`]
+    /// with `cancelled_by: "unknown"` before they are decoded.
     OrderCancelled {
         reason: String,
+        cancelled_by: CancelledBy,
     },
     OrderShipped {},
 }
@@ -66,8 +90,8 @@ impl crate::VersionedEvent for OrderEvent {
             | Self::OrderLineAdded { .. }
             | Self::OrderLineRemoved { .. }
             | Self::OrderConfirmed {}
-            | Self::OrderCancelled { .. }
             | Self::OrderShipped {} => "1",
+            Self::OrderCancelled { .. } => "2",
         }
     }
 }

@@ -245,6 +245,7 @@ fn run_services(
                     query_public_url: format!("http://127.0.0.1:{query_port}"),
                     body_limit_bytes: 64 * 1024,
                     snapshot_every: 10,
+                    idempotency_ttl: Duration::from_secs(3600),
                     topics: topics.clone(),
                     relay: command_service::config::RelayConfig {
                         enabled: relay,

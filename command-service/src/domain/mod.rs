@@ -20,12 +20,18 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub mod guard;
+#[cfg(test)]
+mod mem_repo;
 pub mod order;
 pub mod product;
+#[cfg(test)]
+mod snapshot_tests;
+pub mod upcasting;
 
 pub use guard::{Guarded, VersionMismatch};
 pub use order::{Order, OrderCommand, OrderError, OrderStatus, StoredOrderEvent};
 pub use product::{Product, ProductCommand, ProductError, StoredProductEvent};
+pub use upcasting::upcasters;
 
 /// A schema event as cqrs-es stores it.
 ///
