@@ -285,6 +285,64 @@ fn run_services(
         .expect("services started")
 }
 
+/// A command-service running as a process of its own (so it can be
+/// `kill -9`ed), against the stack of this binary. Killed with SIGKILL when
+/// dropped.
+pub struct CommandServiceProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl CommandServiceProcess {
+    /// Starts one; its log goes to `<stack dir>/logs/command-service-<name>.log`.
+    pub fn spawn(name: &str) -> Self {
+        let stack = STACK
+            .get()
+            .expect("start the stack before spawning processes");
+        let port = free_port();
+        let log_path = stack
+            .dir
+            .join("logs")
+            .join(format!("command-service-{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("log file");
+        let child = Command::new(workspace_binary("command-service"))
+            .env("PRIMARY_DATABASE_URL", &stack.primary_url)
+            .env("KAFKA_BROKERS", &stack.brokers)
+            .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
+            .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("PRIMARY_POOL_SIZE", "4")
+            .env("RELAY_LEASE_RETRY_MS", "100")
+            .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn command-service");
+        Self { child, port }
+    }
+
+    /// `leader`, `standby` or `disabled`, or None if it does not answer.
+    pub async fn role(&self) -> Option<String> {
+        let response = reqwest::get(format!("http://127.0.0.1:{}/health/relay", self.port))
+            .await
+            .ok()?;
+        let body: serde_json::Value = response.json().await.ok()?;
+        body["role"].as_str().map(str::to_owned)
+    }
+}
+
+impl Drop for CommandServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `probe` until it returns `Some`, or panics after `deadline` with `what`.
 /// The only way tests wait for eventual consistency: never a fixed sleep.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T

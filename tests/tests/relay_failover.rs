@@ -4,65 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{eventually, free_port, stack_without_relay as stack, workspace_binary};
+use e2e_tests::{eventually, stack_without_relay as stack, CommandServiceProcess as Instance};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
-
-/// A command-service process; killed with SIGKILL when dropped.
-struct Instance {
-    child: Child,
-    port: u16,
-}
-
-impl Instance {
-    fn spawn(n: usize) -> Self {
-        let port = free_port();
-        let log = std::fs::File::create(
-            stack()
-                .dir
-                .join("logs")
-                .join(format!("command-service-{n}.log")),
-        )
-        .unwrap();
-        let child = Command::new(workspace_binary("command-service"))
-            .env("PRIMARY_DATABASE_URL", &stack().primary_url)
-            .env("KAFKA_BROKERS", &stack().brokers)
-            .env("KAFKA_TOPIC_PREFIX", &stack().topic_prefix)
-            .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("RELAY_LEASE_RETRY_MS", "500")
-            .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self { child, port }
-    }
-
-    async fn role(&self) -> Option<String> {
-        let response = reqwest::get(format!("http://127.0.0.1:{}/health/relay", self.port))
-            .await
-            .ok()?;
-        let body: Value = response.json().await.ok()?;
-        body["role"].as_str().map(str::to_owned)
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn leaders(instances: &[Instance]) -> Vec<usize> {
     let mut leaders = Vec::new();
@@ -76,7 +27,9 @@ async fn leaders(instances: &[Instance]) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_within_10s_of_the_leader_being_killed_and_nothing_is_lost() {
-    let mut instances: Vec<Instance> = (0..3).map(Instance::spawn).collect();
+    let mut instances: Vec<Instance> = (0..3)
+        .map(|n| Instance::spawn(&format!("failover-{n}")))
+        .collect();
     let leader = eventually(
         "exactly one leader among 3 instances",
         Duration::from_secs(60),
