@@ -27,6 +27,7 @@ async fn leaders(instances: &[Instance]) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_within_10s_of_the_leader_being_killed_and_nothing_is_lost() {
+    stack(); // the instances join this binary's stack
     let mut instances: Vec<Instance> = (0..3)
         .map(|n| Instance::spawn(&format!("failover-{n}")))
         .collect();
