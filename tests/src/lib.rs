@@ -343,6 +343,55 @@ impl Drop for CommandServiceProcess {
     }
 }
 
+/// One message of an event topic, as a consumer sees it.
+pub struct Published {
+    pub key: Option<Vec<u8>>,
+    pub headers: schema::envelope::EventHeaders,
+    pub payload: Vec<u8>,
+}
+
+/// Reads one aggregate type's topic from the beginning, in a consumer group
+/// of its own (so it sees everything, independent of the projector).
+pub struct TopicReader {
+    consumer: rdkafka::consumer::StreamConsumer,
+}
+
+impl TopicReader {
+    pub fn new(aggregate_type: &str) -> Self {
+        use rdkafka::consumer::Consumer;
+        let stack = STACK.get().expect("start the stack first");
+        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &stack.brokers)
+            .set("group.id", format!("e2e-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("kafka consumer");
+        let topic = schema::envelope::topic_for(&stack.topic_prefix, aggregate_type);
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        Self { consumer }
+    }
+
+    /// The next message (partition order), or None once `deadline` passes.
+    pub async fn next(&self, deadline: tokio::time::Instant) -> Option<Published> {
+        use rdkafka::message::{Headers, Message};
+        let message = tokio::time::timeout_at(deadline, self.consumer.recv())
+            .await
+            .ok()?
+            .expect("kafka receive");
+        let headers = message.headers().expect("event headers");
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .filter_map(|h| h.value.map(|v| (h.key, v)))
+            .collect();
+        Some(Published {
+            key: message.key().map(<[u8]>::to_vec),
+            headers: schema::envelope::EventHeaders::from_pairs(pairs).expect("valid headers"),
+            payload: message.payload().unwrap_or_default().to_vec(),
+        })
+    }
+}
+
 /// Polls `probe` until it returns `Some`, or panics after `deadline` with `what`.
 /// The only way tests wait for eventual consistency: never a fixed sleep.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T

@@ -5,9 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::{eventually, stack};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use e2e_tests::{eventually, stack, TopicReader};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -222,21 +220,10 @@ async fn relay_waits_for_an_open_transaction(commit: bool) {
 /// Whether a message with `key` is on the topic of `aggregate_type`
 /// (reads the topic from the start with a fresh group).
 async fn in_kafka(aggregate_type: &str, key: &str) -> bool {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &stack().brokers)
-        .set("group.id", format!("e2e-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&schema::envelope::topic_for(
-            &stack().topic_prefix,
-            aggregate_type,
-        )])
-        .unwrap();
+    let topic = TopicReader::new(aggregate_type);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while let Ok(message) = tokio::time::timeout_at(deadline, consumer.recv()).await {
-        if message.unwrap().key() == Some(key.as_bytes()) {
+    while let Some(message) = topic.next(deadline).await {
+        if message.key.as_deref() == Some(key.as_bytes()) {
             return true;
         }
     }

@@ -11,13 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e_tests::{eventually, stack_without_relay as stack, CommandServiceProcess};
+use e2e_tests::{eventually, stack_without_relay as stack, CommandServiceProcess, TopicReader};
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
-use uuid::Uuid;
 
 const PRODUCTS: usize = 4_000;
 const RENAMES_PER_PRODUCT: usize = 4; // 4,000 creates + 16,000 renames = 20,000 commands
@@ -129,34 +126,17 @@ async fn killing_the_relay_200_times_loses_and_reorders_nothing() {
     .await
     .unwrap();
     let mut missing: HashSet<(String, i64)> = committed.iter().cloned().collect();
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &stack().brokers)
-        .set("group.id", format!("e2e-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&schema::envelope::topic_for(
-            &stack().topic_prefix,
-            "Product",
-        )])
-        .unwrap();
+    let topic = TopicReader::new("Product");
     let mut highest: HashMap<String, i64> = HashMap::new();
     let (mut read, mut duplicates) = (0usize, 0usize);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !missing.is_empty() {
-        let Ok(message) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+        let Some(message) = topic.next(deadline).await else {
             break;
         };
-        let message = message.unwrap();
         read += 1;
-        let headers = message.headers().unwrap();
-        let pairs: Vec<(&str, &[u8])> = headers
-            .iter()
-            .filter_map(|h| h.value.map(|v| (h.key, v)))
-            .collect();
-        let event = schema::envelope::EventHeaders::from_pairs(pairs).unwrap();
-        assert_eq!(message.key(), Some(event.aggregate_id.as_bytes()));
+        let event = message.headers;
+        assert_eq!(message.key.as_deref(), Some(event.aggregate_id.as_bytes()));
         let seen = highest.entry(event.aggregate_id.clone()).or_insert(0);
         if event.sequence <= *seen {
             duplicates += 1; // a redelivery, recognisable by its identity

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e_tests::{eventually, stack_without_relay as stack, CommandServiceProcess as Instance};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use e2e_tests::{
+    eventually, stack_without_relay as stack, CommandServiceProcess as Instance, TopicReader,
+};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -124,31 +124,13 @@ async fn a_standby_takes_over_within_10s_of_the_leader_being_killed_and_nothing_
     .await
     .unwrap();
     let mut missing: HashSet<(String, i64)> = committed.iter().cloned().collect();
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &stack().brokers)
-        .set("group.id", format!("e2e-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&schema::envelope::topic_for(
-            &stack().topic_prefix,
-            "Product",
-        )])
-        .unwrap();
+    let topic = TopicReader::new("Product");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !missing.is_empty() {
-        let Ok(message) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+        let Some(message) = topic.next(deadline).await else {
             break;
         };
-        let message = message.unwrap();
-        let headers = message.headers().unwrap();
-        let pairs: Vec<(&str, &[u8])> = headers
-            .iter()
-            .filter_map(|h| h.value.map(|v| (h.key, v)))
-            .collect();
-        let headers = schema::envelope::EventHeaders::from_pairs(pairs).unwrap();
-        missing.remove(&(headers.aggregate_id, headers.sequence));
+        missing.remove(&(message.headers.aggregate_id, message.headers.sequence));
     }
     assert!(
         missing.is_empty(),

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::{eventually, stack};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use e2e_tests::{eventually, stack, TopicReader};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
@@ -270,35 +268,21 @@ async fn events_reach_kafka_keyed_by_aggregate_in_order_with_metadata_headers() 
     .await;
     accepted(&format!("/products/{product}/discontinue"), json!({})).await;
 
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &stack().brokers)
-        .set("group.id", format!("e2e-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let topic = schema::envelope::topic_for(&stack().topic_prefix, "Product");
-    consumer.subscribe(&[&topic]).unwrap();
+    let topic = TopicReader::new("Product");
     let mut seen: Vec<(i64, String)> = Vec::new();
     let deadline = tokio::time::Instant::now() + CONSISTENCY;
     while seen.len() < 3 {
-        let message = tokio::time::timeout_at(deadline, consumer.recv())
+        let message = topic
+            .next(deadline)
             .await
-            .expect("three events of the product within the deadline")
-            .unwrap();
-        if message.key() != Some(product.to_string().as_bytes()) {
+            .expect("three events of the product within the deadline");
+        if message.key.as_deref() != Some(product.to_string().as_bytes()) {
             continue;
         }
-        let headers = message.headers().unwrap();
-        let pairs: Vec<(&str, &[u8])> = headers
-            .iter()
-            .filter_map(|h| h.value.map(|v| (h.key, v)))
-            .collect();
-        let headers = schema::envelope::EventHeaders::from_pairs(pairs).unwrap();
+        let headers = message.headers;
         assert_eq!(headers.aggregate_id, product.to_string());
         let event =
-            schema::envelope::AnyEvent::decode(&headers.aggregate_type, message.payload().unwrap())
-                .unwrap();
+            schema::envelope::AnyEvent::decode(&headers.aggregate_type, &message.payload).unwrap();
         assert!(matches!(event, schema::envelope::AnyEvent::Product(_)));
         seen.push((headers.sequence, headers.event_type));
     }
