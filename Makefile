@@ -15,7 +15,7 @@ help:
 	@echo "make logs     tail logs (make logs C=pg-primary for one component)"
 	@echo "make demo     place an order and read it back"
 	@echo "make install  install prerequisites (apt packages, tansu)"
-	@echo "make test     install prerequisites, build the binaries, cargo test --workspace --locked"
+	@echo "make test     install prerequisites, build the binaries, cargo test --workspace --locked --no-fail-fast"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
 
 up:
@@ -43,7 +43,7 @@ install:
 test:
 	$(STACK) install
 	cargo build --workspace --bins --locked
-	cargo test --workspace --locked
+	cargo test --workspace --locked --no-fail-fast
 
 lint:
 	cargo fmt --check

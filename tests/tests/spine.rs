@@ -58,7 +58,7 @@ async fn get_query(path: &str) -> reqwest::Response {
 }
 
 /// Waits until query-service serves `path` with a body satisfying `ready`.
-async fn read_until(path: &str, ready: impl Fn(&Value) -> bool) -> (Value, String) {
+async fn read_until(path: &str, ready: impl Fn(&Value, &str) -> bool) -> (Value, String) {
     eventually(path, CONSISTENCY, || async {
         let response = get_query(path).await;
         if response.status() != StatusCode::OK {
@@ -70,7 +70,7 @@ async fn read_until(path: &str, ready: impl Fn(&Value) -> bool) -> (Value, Strin
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         let body: Value = response.json().await.ok()?;
-        ready(&body).then_some((body, source))
+        ready(&body, &source).then_some((body, source))
     })
     .await
 }
@@ -113,9 +113,12 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
     assert_eq!(confirmed["version"], 2);
     assert!(confirmed["position"].as_i64() > placed["position"].as_i64());
 
-    // Redis first: the projector materialized the summary there.
-    let (summary, source) =
-        read_until(&format!("/orders/{order}"), |b| b["status"] == "confirmed").await;
+    // Redis first: the projector materializes the summary there (just after
+    // its Postgres commit, so the replica may show it a moment earlier).
+    let (summary, source) = read_until(&format!("/orders/{order}"), |b, source| {
+        b["status"] == "confirmed" && source == "redis"
+    })
+    .await;
     assert_eq!(source, "redis");
     assert_eq!(summary["version"], 2);
     assert_eq!(summary["customer_id"], customer.to_string());
@@ -137,7 +140,7 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
         .await
         .unwrap();
     let (from_replica, source) =
-        read_until(&format!("/orders/{order}"), |b| b["version"] == 2).await;
+        read_until(&format!("/orders/{order}"), |b, _| b["version"] == 2).await;
     assert_eq!(source, "replica");
     assert_eq!(from_replica, summary);
 
@@ -163,7 +166,7 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
     assert!(in_recovery, "query-service must read from a standby");
 
     // Customer history: one row per event, in the month's partition.
-    let (history, _) = read_until(&format!("/customers/{customer}/orders"), |b| {
+    let (history, _) = read_until(&format!("/customers/{customer}/orders"), |b, _| {
         b["items"].as_array().is_some_and(|i| i.len() == 2)
     })
     .await;
@@ -191,14 +194,14 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
     let today = now.date_naive();
     let (sales, _) = read_until(
         &format!("/reports/daily-sales?from={today}&to={today}&product_id={espresso}"),
-        |b| b["items"].as_array().is_some_and(|i| !i.is_empty()),
+        |b, _| b["items"].as_array().is_some_and(|i| !i.is_empty()),
     )
     .await;
     assert_eq!(sales["items"][0]["units"], 2);
     assert_eq!(sales["items"][0]["revenue_minor"], 4_900);
 
     // And the catalog.
-    let (product, _) = read_until(&format!("/products/{grinder}"), |_| true).await;
+    let (product, _) = read_until(&format!("/products/{grinder}"), |_, _| true).await;
     assert_eq!(
         product["price"],
         json!({"amount_minor": 9_900, "currency": "EUR"})
@@ -308,7 +311,7 @@ async fn a_duplicated_event_changes_nothing() {
     )
     .await;
     let order = placed["aggregate_id"].as_str().unwrap().to_owned();
-    read_until(&format!("/orders/{order}"), |b| b["version"] == 1).await;
+    read_until(&format!("/orders/{order}"), |b, _| b["version"] == 1).await;
 
     // Redeliver OrderPlaced (sequence 1) with different content, as a broken
     // producer or a replay would: it must be recognised and dropped.
@@ -354,10 +357,10 @@ async fn a_duplicated_event_changes_nothing() {
     // A later real event on the same key lands in the same partition after the
     // duplicate, so once it is visible the duplicate has been processed.
     accepted(&format!("/orders/{order}/confirm"), json!({})).await;
-    let (summary, _) = read_until(&format!("/orders/{order}"), |b| b["version"] == 2).await;
+    let (summary, _) = read_until(&format!("/orders/{order}"), |b, _| b["version"] == 2).await;
     assert_eq!(summary["lines"][0]["quantity"], 1);
     assert_eq!(summary["total"]["amount_minor"], 500);
-    let (history, _) = read_until(&format!("/customers/{customer}/orders"), |b| {
+    let (history, _) = read_until(&format!("/customers/{customer}/orders"), |b, _| {
         b["items"].as_array().is_some_and(|i| i.len() >= 2)
     })
     .await;
