@@ -14,7 +14,8 @@
 
 use std::fmt::Debug;
 
-use cqrs_es::DomainEvent;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
 use schema::VersionedEvent;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,23 @@ where
     fn event_version(&self) -> String {
         self.0.event_version().to_owned()
     }
+}
+
+/// Records `event` as the outcome of a command on `aggregate`.
+///
+/// `EventSink::write` applies the event to the aggregate it is given. cqrs-es
+/// 0.5 calls `handle` on the aggregate it will snapshot and applies the new
+/// events to it again when a snapshot is due, so writing against the handled
+/// aggregate itself would fold the event in twice (snapshot `version` one
+/// ahead of its `last_sequence`). Writing against a scratch copy keeps the
+/// aggregate as loaded; `snapshot_tests` pins this. Every aggregate emits
+/// through here, so the workaround lives in one place.
+pub(crate) async fn emit<A, E>(sink: &EventSink<A>, aggregate: &A, event: E)
+where
+    A: Aggregate<Event = Stored<E>> + Clone,
+    Stored<E>: DomainEvent,
+{
+    sink.write(Stored(event), &mut aggregate.clone()).await;
 }
 
 /// How a rejected command should be reported, independent of transport.

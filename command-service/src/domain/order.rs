@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::guard::{check_version, Guarded, VersionMismatch};
-use super::{RuleKind, Stored};
+use super::{emit, RuleKind, Stored};
 
 /// Most lines one order may have.
 pub const MAX_LINES: usize = 100;
@@ -475,13 +475,7 @@ impl Aggregate for Order {
     ) -> Result<(), Self::Error> {
         check_version(command.expected_version, self.version)?;
         let event = self.decide(command.command)?;
-        // `EventSink::write` applies the event to the aggregate it is given.
-        // cqrs-es 0.5 calls `handle` on the aggregate it will snapshot and
-        // applies the new events to it again when a snapshot is due, so
-        // writing against `self` would fold the event in twice (snapshot
-        // `version` one ahead of its `last_sequence`). A scratch copy keeps
-        // `self` as loaded; see `snapshot_tests` for the details.
-        sink.write(Stored(event), &mut self.clone()).await;
+        emit(sink, self, event).await;
         Ok(())
     }
 

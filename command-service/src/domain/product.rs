@@ -7,7 +7,7 @@ use schema::product::{self, ProductEvent};
 use serde::{Deserialize, Serialize};
 
 use super::guard::{check_version, Guarded, VersionMismatch};
-use super::{RuleKind, Stored};
+use super::{emit, RuleKind, Stored};
 
 /// Longest accepted SKU, in characters.
 pub const MAX_SKU_LEN: usize = 64;
@@ -280,13 +280,7 @@ impl Aggregate for Product {
     ) -> Result<(), Self::Error> {
         check_version(command.expected_version, self.version)?;
         let event = self.decide(command.command)?;
-        // `EventSink::write` applies the event to the aggregate it is given.
-        // cqrs-es 0.5 calls `handle` on the aggregate it will snapshot and
-        // applies the new events to it again when a snapshot is due, so
-        // writing against `self` would fold the event in twice (snapshot
-        // `version` one ahead of its `last_sequence`). A scratch copy keeps
-        // `self` as loaded; see `snapshot_tests` for the details.
-        sink.write(Stored(event), &mut self.clone()).await;
+        emit(sink, self, event).await;
         Ok(())
     }
 
