@@ -343,6 +343,46 @@ impl Drop for CommandServiceProcess {
     }
 }
 
+/// Position up to which the relay has published (0 before its first batch).
+pub async fn relay_cursor(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM outbox_cursor")
+        .fetch_one(pool)
+        .await
+        .expect("read the relay cursor")
+}
+
+/// Waits (up to `deadline`) until the relay has published every event
+/// committed so far.
+pub async fn wait_for_relay_to_drain(pool: &sqlx::PgPool, deadline: Duration) {
+    let last: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("read the last position");
+    eventually(
+        "the relay publishes every committed event",
+        deadline,
+        || async { (relay_cursor(pool).await >= last).then_some(()) },
+    )
+    .await;
+}
+
+/// The identity (aggregate id, sequence) of every committed event of
+/// `aggregate_type`: what a Jepsen-style check expects to read from Kafka.
+pub async fn committed_events(
+    pool: &sqlx::PgPool,
+    aggregate_type: &str,
+) -> std::collections::HashSet<(String, i64)> {
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT aggregate_id, sequence FROM events WHERE aggregate_type = $1",
+    )
+    .bind(aggregate_type)
+    .fetch_all(pool)
+    .await
+    .expect("read committed events")
+    .into_iter()
+    .collect()
+}
+
 /// One message of an event topic, as a consumer sees it.
 pub struct Published {
     pub key: Option<Vec<u8>>,

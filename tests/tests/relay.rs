@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::{eventually, stack, TopicReader};
+use e2e_tests::{eventually, relay_cursor, stack, TopicReader};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -27,13 +27,6 @@ async fn create_product() -> (Uuid, i64) {
         body["aggregate_id"].as_str().unwrap().parse().unwrap(),
         body["position"].as_i64().unwrap(),
     )
-}
-
-async fn cursor(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM outbox_cursor")
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 /// These tests stall the relay on purpose (a frozen broker, a held
@@ -82,7 +75,7 @@ async fn with_the_broker_down_30s_commands_are_accepted_and_the_backlog_drains()
     eventually(
         "the relay publishes while the broker is up",
         Duration::from_secs(30),
-        || async { (cursor(&pool).await >= warm_up).then_some(()) },
+        || async { (relay_cursor(&pool).await >= warm_up).then_some(()) },
     )
     .await;
 
@@ -96,7 +89,7 @@ async fn with_the_broker_down_30s_commands_are_accepted_and_the_backlog_drains()
     while stopped_at.elapsed() < DOWN {
         last = create_product().await;
         accepted += 1;
-        let at = cursor(&pool).await;
+        let at = relay_cursor(&pool).await;
         assert!(
             at < last.1,
             "cursor {at} passed unacknowledged position {}",
@@ -122,7 +115,7 @@ async fn with_the_broker_down_30s_commands_are_accepted_and_the_backlog_drains()
     eventually(
         "the backlog drains once the broker is back",
         Duration::from_secs(60),
-        || async { (cursor(&pool).await >= position).then_some(()) },
+        || async { (relay_cursor(&pool).await >= position).then_some(()) },
     )
     .await;
     assert!(
@@ -168,7 +161,7 @@ async fn relay_waits_for_an_open_transaction(commit: bool) {
         .unwrap();
     let (_, warm_up) = create_product().await;
     eventually("the relay is running", Duration::from_secs(30), || async {
-        (cursor(&pool).await >= warm_up).then_some(())
+        (relay_cursor(&pool).await >= warm_up).then_some(())
     })
     .await;
 
@@ -206,7 +199,7 @@ async fn relay_waits_for_an_open_transaction(commit: bool) {
     eventually(
         "everything after the held transaction is published",
         Duration::from_secs(60),
-        || async { (cursor(&pool).await >= last).then_some(()) },
+        || async { (relay_cursor(&pool).await >= last).then_some(()) },
     )
     .await;
     if commit {

@@ -6,12 +6,15 @@
 //! the event's identity (aggregate id + sequence) so consumers can drop it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e_tests::{eventually, stack_without_relay as stack, CommandServiceProcess, TopicReader};
+use e2e_tests::{
+    committed_events, stack_without_relay as stack, wait_for_relay_to_drain, CommandServiceProcess,
+    TopicReader,
+};
 use futures::StreamExt;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -42,26 +45,23 @@ async fn killing_the_relay_200_times_loses_and_reorders_nothing() {
                 .for_each_concurrent(16, |n| {
                     let (client, done) = (client.clone(), done.clone());
                     async move {
-                        let created: serde_json::Value = client
-                            .post(format!("{}/products", stack().command_url))
-                            .json(&json!({"sku": format!("C-{n}"), "name": "v0",
-                                          "price": {"amount_minor": 1, "currency": "EUR"}}))
-                            .send()
-                            .await
-                            .unwrap()
-                            .json()
-                            .await
-                            .unwrap();
+                        let (status, created) = command(
+                            &client,
+                            "/products",
+                            json!({"sku": format!("C-{n}"), "name": "v0",
+                                   "price": {"amount_minor": 1, "currency": "EUR"}}),
+                        )
+                        .await;
+                        assert_eq!(status, 202, "{created}");
                         let id = created["aggregate_id"].as_str().unwrap().to_owned();
                         for r in 1..=RENAMES_PER_PRODUCT {
-                            let status = client
-                                .post(format!("{}/products/{id}/rename", stack().command_url))
-                                .json(&json!({"name": format!("v{r}")}))
-                                .send()
-                                .await
-                                .unwrap()
-                                .status();
-                            assert_eq!(status, 202);
+                            let (status, body) = command(
+                                &client,
+                                &format!("/products/{id}/rename"),
+                                json!({"name": format!("v{r}")}),
+                            )
+                            .await;
+                            assert_eq!(status, 202, "{body}");
                         }
                         done.fetch_add(1 + RENAMES_PER_PRODUCT, Ordering::Relaxed);
                     }
@@ -100,32 +100,11 @@ async fn killing_the_relay_200_times_loses_and_reorders_nothing() {
     );
     assert_eq!(done.load(Ordering::Relaxed), total);
 
-    let last: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    eventually(
-        "the relays publish the backlog",
-        Duration::from_secs(120),
-        || async {
-            let at: i64 =
-                sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM outbox_cursor")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            (at >= last).then_some(())
-        },
-    )
-    .await;
+    wait_for_relay_to_drain(&pool, Duration::from_secs(120)).await;
 
     // Read the whole topic, in partition order.
-    let committed: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT aggregate_id, sequence FROM events WHERE aggregate_type = 'Product'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let mut missing: HashSet<(String, i64)> = committed.iter().cloned().collect();
+    let committed = committed_events(&pool, "Product").await;
+    let mut missing = committed.clone();
     let topic = TopicReader::new("Product");
     let mut highest: HashMap<String, i64> = HashMap::new();
     let (mut read, mut duplicates) = (0usize, 0usize);
@@ -163,6 +142,38 @@ async fn killing_the_relay_200_times_loses_and_reorders_nothing() {
         missing.len(),
         missing.iter().take(5).collect::<Vec<_>>()
     );
+}
+
+/// Sends a command the way a careful client does: with an Idempotency-Key,
+/// retrying the same request if the connection breaks (a loaded machine can
+/// close a kept-alive connection just as it is reused). The retry cannot
+/// execute the command twice, so counts stay exact.
+async fn command(
+    client: &reqwest::Client,
+    path: &str,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let key = uuid::Uuid::new_v4().to_string();
+    let mut attempts = 0;
+    loop {
+        let sent = client
+            .post(format!("{}{path}", stack().command_url))
+            .header("Idempotency-Key", &key)
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                return (status, response.json().await.unwrap());
+            }
+            Err(error) if attempts < 3 && (error.is_connect() || error.is_request()) => {
+                attempts += 1;
+                eprintln!("retrying {path} after a transport error: {error}");
+            }
+            Err(error) => panic!("{path}: {error}"),
+        }
+    }
 }
 
 async fn leader_of(relays: &[CommandServiceProcess]) -> Option<usize> {

@@ -3,13 +3,13 @@
 //! 10 s, and every committed event still reaches Kafka.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    eventually, stack_without_relay as stack, CommandServiceProcess as Instance, TopicReader,
+    committed_events, eventually, relay_cursor, stack_without_relay as stack,
+    wait_for_relay_to_drain, CommandServiceProcess as Instance, TopicReader,
 };
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -68,14 +68,8 @@ async fn a_standby_takes_over_within_10s_of_the_leader_being_killed_and_nothing_
         .connect(&stack().primary_url)
         .await
         .unwrap();
-    let cursor = || async {
-        sqlx::query_scalar::<_, i64>("SELECT coalesce(max(position), 0) FROM outbox_cursor")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
     eventually("the leader publishes", Duration::from_secs(30), || async {
-        (cursor().await > 50).then_some(())
+        (relay_cursor(&pool).await > 50).then_some(())
     })
     .await;
     // Exactly one leader while all are healthy.
@@ -95,35 +89,21 @@ async fn a_standby_takes_over_within_10s_of_the_leader_being_killed_and_nothing_
         "failover took {:?} (new leader: instance {new_leader})",
         killed_at.elapsed()
     );
-    let taken_over_at = cursor().await;
+    let taken_over_at = relay_cursor(&pool).await;
     eventually(
         "the new leader publishes",
         Duration::from_secs(30),
-        || async { (cursor().await > taken_over_at).then_some(()) },
+        || async { (relay_cursor(&pool).await > taken_over_at).then_some(()) },
     )
     .await;
 
     stop.store(true, Ordering::Relaxed);
     let accepted = writer.await.unwrap();
-    let last: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    eventually(
-        "the backlog is published",
-        Duration::from_secs(60),
-        || async { (cursor().await >= last).then_some(()) },
-    )
-    .await;
+    wait_for_relay_to_drain(&pool, Duration::from_secs(60)).await;
 
     // Jepsen-style: every committed event is readable from Kafka.
-    let committed: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT aggregate_id, sequence FROM events WHERE aggregate_type = 'Product'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let mut missing: HashSet<(String, i64)> = committed.iter().cloned().collect();
+    let committed = committed_events(&pool, "Product").await;
+    let mut missing = committed.clone();
     let topic = TopicReader::new("Product");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !missing.is_empty() {
