@@ -11,9 +11,11 @@ use schema::envelope::metadata;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::aggregate_cache::CachedEventStore;
 use crate::domain::{Guarded, Order, OrderCommand, Product, ProductCommand};
 use crate::error::CommandError;
-use crate::event_store::{idempotency_metadata, EventStore};
+use crate::event_store::{idempotency_metadata, in_scope, EventStore};
+use crate::group_commit::{GroupCommit, GroupCommitSettings};
 use crate::idempotency::{encode_hex, Idempotency};
 
 /// What a successful command appended: the aggregate's new version, the
@@ -49,15 +51,37 @@ impl Accepted {
     }
 }
 
-type Framework<A> = CqrsFramework<A, PersistedEventStore<EventStore, A>>;
+/// How the command bus stores and remembers.
+#[derive(Debug, Clone, Copy)]
+pub struct BusSettings {
+    /// An aggregate's state is snapshotted every that many events, so loading
+    /// it reads the snapshot plus fewer than that many events instead of its
+    /// whole history.
+    pub snapshot_every: usize,
+    /// How long an Idempotency-Key is remembered.
+    pub idempotency_ttl: Duration,
+    /// How many aggregates of each type stay in memory (0: none; see
+    /// [`crate::aggregate_cache`]).
+    pub cached_aggregates: usize,
+    /// Most commands appended in one statement (see [`crate::group_commit`]).
+    pub append_batch_max: usize,
+    /// Appends in flight at once.
+    pub append_workers: usize,
+}
 
-fn framework<A: Aggregate<Services = ()>>(
+type Framework<A> = CqrsFramework<A, CachedEventStore<A>>;
+
+fn framework<A: Aggregate<Services = ()> + Clone>(
     store: EventStore,
     snapshot_every: usize,
+    cached_aggregates: usize,
 ) -> Framework<A> {
     CqrsFramework::new(
-        PersistedEventStore::new_snapshot_store(store, snapshot_every)
-            .with_upcasters(crate::domain::upcasters()),
+        CachedEventStore::new(
+            PersistedEventStore::new_snapshot_store(store, snapshot_every)
+                .with_upcasters(crate::domain::upcasters()),
+            cached_aggregates,
+        ),
         vec![],
         (),
     )
@@ -76,15 +100,20 @@ pub struct CommandBus {
 }
 
 impl CommandBus {
-    /// `snapshot_every`: an aggregate's state is snapshotted every that many
-    /// events, so loading it reads the snapshot plus at most that many events
-    /// instead of its whole history. `idempotency_ttl`: how long an
-    /// Idempotency-Key is remembered.
-    pub fn new(pool: PgPool, snapshot_every: usize, idempotency_ttl: Duration) -> Self {
-        let every = snapshot_every.max(1);
+    pub fn new(pool: PgPool, settings: BusSettings) -> Self {
+        let every = settings.snapshot_every.max(1);
+        let appends = GroupCommit::start(
+            pool.clone(),
+            GroupCommitSettings {
+                max_batch: settings.append_batch_max,
+                workers: settings.append_workers,
+                idempotency_ttl: settings.idempotency_ttl,
+            },
+        );
+        let store = || EventStore::new(pool.clone(), appends.clone());
         Self {
-            products: framework(EventStore::new(pool.clone(), idempotency_ttl), every),
-            orders: framework(EventStore::new(pool.clone(), idempotency_ttl), every),
+            products: framework(store(), every, settings.cached_aggregates),
+            orders: framework(store(), every, settings.cached_aggregates),
             pool,
         }
     }
@@ -115,7 +144,8 @@ impl CommandBus {
         idempotency: Option<&Idempotency>,
     ) -> Result<Accepted, CommandError>
     where
-        A: Aggregate,
+        A: Aggregate + Clone,
+        A::Command: Clone,
         CommandError: From<A::Error>,
     {
         if let Some(idempotency) = idempotency {
@@ -143,20 +173,34 @@ impl CommandBus {
                 encode_hex(&idempotency.request_hash),
             );
         }
-        let outcome = cqrs
-            .execute_with_metadata(&id.to_string(), command, metadata)
+        let aggregate_id = id.to_string();
+        let (mut outcome, mut scope) = in_scope(
+            false,
+            cqrs.execute_with_metadata(&aggregate_id, command.clone(), metadata.clone()),
+        )
+        .await;
+        if outcome.is_err() && scope.served_from_cache {
+            // Decided on a cached stream that another instance may have moved
+            // on: decide again on the database's (docs/adr/0007).
+            (outcome, scope) = in_scope(
+                true,
+                cqrs.execute_with_metadata(&aggregate_id, command, metadata),
+            )
             .await;
-        match (outcome, idempotency) {
-            (Ok(()), None) => self.appended(A::TYPE, id, command_id).await,
-            (Ok(()), Some(idempotency)) => self
-                .replay(idempotency)
-                .await?
-                .ok_or(CommandError::NothingAppended),
-            (Err(error), None) => Err(CommandError::from_aggregate(error)),
+        }
+        match (outcome, scope.appended, idempotency) {
+            (Ok(()), Some(appended), _) => Ok(Accepted::new(
+                A::TYPE,
+                id,
+                appended.version,
+                appended.position,
+            )),
+            (Ok(()), None, _) => Err(CommandError::NothingAppended),
+            (Err(error), _, None) => Err(CommandError::from_aggregate(error)),
             // Whatever failed, a request with the same key may have completed
             // meanwhile (it raced us to the key, or its events made our
             // command invalid): then its result is ours.
-            (Err(error), Some(idempotency)) => match self.replay(idempotency).await? {
+            (Err(error), _, Some(idempotency)) => match self.replay(idempotency).await? {
                 Some(done) => Ok(done),
                 None => Err(CommandError::from_aggregate(error)),
             },
@@ -185,39 +229,6 @@ impl CommandBus {
             row.version,
             row.position,
         )))
-    }
-
-    /// Finds the last event the command `command_id` appended. cqrs-es does
-    /// not return positions, so the command id written into the events'
-    /// metadata identifies them; the primary key narrows the scan to one
-    /// aggregate.
-    async fn appended(
-        &self,
-        aggregate_type: &'static str,
-        id: Uuid,
-        command_id: Uuid,
-    ) -> Result<Accepted, CommandError> {
-        let row = sqlx::query!(
-            r#"SELECT sequence, position
-                 FROM events
-                WHERE aggregate_type = $1 AND aggregate_id = $2
-                  AND metadata ->> 'command_id' = $3
-                ORDER BY sequence DESC
-                LIMIT 1"#,
-            aggregate_type,
-            id.to_string(),
-            command_id.to_string(),
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(CommandError::Database)?
-        .ok_or(CommandError::NothingAppended)?;
-        Ok(Accepted::new(
-            aggregate_type,
-            id,
-            row.sequence,
-            row.position,
-        ))
     }
 }
 

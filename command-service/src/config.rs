@@ -23,6 +23,15 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// `SNAPSHOT_EVERY`: snapshot an aggregate every that many events.
     pub snapshot_every: usize,
+    /// `CACHED_AGGREGATES`: aggregates per type kept in memory between
+    /// commands (0 disables the cache).
+    pub cached_aggregates: usize,
+    /// `APPEND_BATCH_MAX`: most commands group-committed in one statement
+    /// (1 disables batching).
+    pub append_batch_max: usize,
+    /// `APPEND_WORKERS`: group commits in flight at once (each holds a
+    /// pooled connection while it writes).
+    pub append_workers: usize,
     /// `IDEMPOTENCY_TTL_SECS`: how long an Idempotency-Key is remembered.
     pub idempotency_ttl: Duration,
     /// Kafka settings, see [`TopicSettings::from_env`].
@@ -57,6 +66,9 @@ impl Config {
             query_public_url: optional("QUERY_PUBLIC_URL", "http://127.0.0.1:8081".to_owned())?,
             body_limit_bytes: optional("BODY_LIMIT_BYTES", 64 * 1024)?,
             snapshot_every: optional("SNAPSHOT_EVERY", 50)?,
+            cached_aggregates: optional("CACHED_AGGREGATES", 10_000)?,
+            append_batch_max: optional("APPEND_BATCH_MAX", 64)?,
+            append_workers: optional("APPEND_WORKERS", 2)?,
             idempotency_ttl: Duration::from_secs(optional("IDEMPOTENCY_TTL_SECS", 86_400)?),
             topics: TopicSettings::from_env()?,
             relay: RelayConfig {

@@ -1,12 +1,17 @@
 //! The event store as cqrs-es sees it: reads are postgres-es', appends are
 //! ours.
 //!
-//! Appending ourselves lets one transaction hold, together, a command's events
-//! (one multi-row INSERT instead of one round trip per event), the aggregate's
-//! snapshot, and the command's Idempotency-Key record. The schema and the
-//! snapshot protocol are exactly postgres-es' (see its `db/init.sql` and
-//! `event_repository.rs`), so its readers stay correct.
+//! A command's append goes through [`GroupCommit`]: `append_events` writes,
+//! in one statement and so one transaction, the command's events, the
+//! aggregate's snapshot and the command's Idempotency-Key record, together
+//! with those of the commands that arrived meanwhile. With the aggregate
+//! cached ([`crate::aggregate_cache`]) that is the command's only round trip.
+//! The schema and the snapshot protocol are exactly postgres-es' (see its
+//! `db/init.sql` and `event_repository.rs`), so its readers stay correct.
+//! See `docs/adr/0007-one-round-trip-commands.md`.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::time::Duration;
 
 use cqrs_es::persist::{
@@ -18,6 +23,8 @@ use serde_json::Value;
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
 use sqlx::PgPool;
 
+use crate::group_commit::{Append, AppendError, GroupCommit, Snapshot};
+
 /// Keys of `events.metadata` that carry a command's Idempotency-Key to the
 /// append (cqrs-es passes metadata, and nothing else, from the caller to
 /// [`PersistedEventRepository::persist`]).
@@ -27,142 +34,116 @@ pub mod idempotency_metadata {
     pub const REQUEST_HASH: &str = "idempotency_request_hash";
 }
 
-/// postgres-es for reads, our own transaction for appends.
+/// What a command appended, handed from [`EventStore::persist`] back to the
+/// command bus (cqrs-es' `persist` returns nothing): the aggregate's new
+/// version and the global position of its last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub version: i64,
+    pub position: i64,
+}
+
+/// How one command went through the store, shared between the command bus
+/// and the store for the duration of that one command (cqrs-es passes
+/// nothing but metadata between them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandScope {
+    /// In: read the aggregate from the database, not the cache.
+    pub bypass_cache: bool,
+    /// Out: the aggregate was loaded from the cache.
+    pub served_from_cache: bool,
+    /// Out: the number of the snapshot written with the append, if any.
+    pub snapshot_taken: Option<usize>,
+    /// Out: what the command appended.
+    pub appended: Option<Appended>,
+}
+
+tokio::task_local! {
+    static SCOPE: Cell<CommandScope>;
+}
+
+pub(crate) fn update_scope(f: impl FnOnce(&mut CommandScope)) {
+    // Outside `in_scope` (tests driving cqrs-es directly) there is nobody
+    // to tell.
+    let _ = SCOPE.try_with(|cell| {
+        let mut scope = cell.get();
+        f(&mut scope);
+        cell.set(scope);
+    });
+}
+
+pub(crate) fn bypass_cache() -> bool {
+    SCOPE
+        .try_with(|cell| cell.get().bypass_cache)
+        .unwrap_or(false)
+}
+
+pub(crate) fn snapshot_taken() -> Option<usize> {
+    SCOPE
+        .try_with(|cell| cell.get().snapshot_taken)
+        .ok()
+        .flatten()
+}
+
+/// Runs `command` (one cqrs-es `execute`) in a [`CommandScope`] and returns
+/// the scope as the command left it. Task-local: it cannot leak to another
+/// request or outlive a cancelled one.
+pub async fn in_scope<F: Future>(bypass_cache: bool, command: F) -> (F::Output, CommandScope) {
+    let scope = CommandScope {
+        bypass_cache,
+        ..CommandScope::default()
+    };
+    SCOPE
+        .scope(Cell::new(scope), async {
+            let output = command.await;
+            (output, SCOPE.with(Cell::get))
+        })
+        .await
+}
+
+/// postgres-es for reads, group-committed appends.
 pub struct EventStore {
     reads: PostgresEventRepository,
     pool: PgPool,
-    idempotency_ttl: Duration,
+    appends: GroupCommit,
 }
 
 impl EventStore {
-    pub fn new(pool: PgPool, idempotency_ttl: Duration) -> Self {
+    pub fn new(pool: PgPool, appends: GroupCommit) -> Self {
         Self {
             reads: PostgresEventRepository::new(pool.clone()),
             pool,
-            idempotency_ttl,
+            appends,
         }
     }
 
-    async fn append<A: Aggregate>(
+    /// The newest snapshot. postgres-es' own query has no ORDER BY, and the
+    /// snapshots key includes `last_sequence`, so after a state-shape change
+    /// (cqrs-es then replays and starts a second "snapshot 1") it could load
+    /// either row.
+    async fn newest_snapshot<A: Aggregate>(
         &self,
-        events: &[SerializedEvent],
-        snapshot: Option<(String, Value, usize)>,
-    ) -> Result<(), sqlx::Error> {
-        let Some(last) = events.last() else {
-            return Ok(());
-        };
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
-        let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
-        let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
-        let metadata: Vec<String> = events.iter().map(|e| e.metadata.to_string()).collect();
-        // A duplicate (aggregate_type, aggregate_id, sequence) fails the whole
-        // statement with 23505: the optimistic-lock conflict cqrs-es expects.
-        let position = sqlx::query_scalar!(
-            r#"INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-               SELECT $1, id, seq, et, ev, p::json, m::json
-                 FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
-                      AS t(id, seq, et, ev, p, m)
-               RETURNING position"#,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        let row = sqlx::query!(
+            r#"SELECT last_sequence, current_snapshot, payload
+                 FROM snapshots
+                WHERE aggregate_type = $1 AND aggregate_id = $2
+                ORDER BY last_sequence DESC
+                LIMIT 1"#,
             A::TYPE,
-            &ids as &[&str],
-            &sequences,
-            &types as &[&str],
-            &versions as &[&str],
-            &payloads,
-            &metadata,
+            aggregate_id
         )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .max()
-        .unwrap_or_default();
-
-        if let Some((aggregate_id, aggregate, current_snapshot)) = snapshot {
-            save_snapshot::<A>(
-                &mut tx,
-                &aggregate_id,
-                &aggregate,
-                current_snapshot,
-                last.sequence,
-            )
-            .await?;
-        }
-        if let Some((key, hash)) = idempotency_of(last) {
-            let recorded = sqlx::query!(
-                r#"INSERT INTO idempotency_keys
-                       (key, request_hash, aggregate_type, aggregate_id, version, position, expires_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
-                   ON CONFLICT (key) DO UPDATE
-                      SET request_hash = EXCLUDED.request_hash,
-                          aggregate_type = EXCLUDED.aggregate_type,
-                          aggregate_id = EXCLUDED.aggregate_id,
-                          version = EXCLUDED.version,
-                          position = EXCLUDED.position,
-                          created_at = now(),
-                          expires_at = EXCLUDED.expires_at
-                    WHERE idempotency_keys.expires_at <= now()"#,
-                key,
-                hash,
-                A::TYPE,
-                last.aggregate_id,
-                last.sequence as i64,
-                position,
-                self.idempotency_ttl.as_secs_f64(),
-            )
-            .execute(&mut *tx)
-            .await?;
-            if recorded.rows_affected() == 0 {
-                // The key is taken by a live record: another request with the
-                // same key got here first. Roll back; the caller replays it.
-                return Err(sqlx::Error::RowNotFound);
-            }
-        }
-        tx.commit().await
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(persistence_error)?;
+        Ok(row.map(|row| SerializedSnapshot {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate: row.payload,
+            current_sequence: usize::try_from(row.last_sequence).unwrap_or_default(),
+            current_snapshot: usize::try_from(row.current_snapshot).unwrap_or_default(),
+        }))
     }
-}
-
-/// postgres-es' snapshot protocol: the first snapshot is inserted, later ones
-/// replace the row only if nobody else moved it in between.
-async fn save_snapshot<A: Aggregate>(
-    tx: &mut sqlx::PgConnection,
-    aggregate_id: &str,
-    aggregate: &Value,
-    current_snapshot: usize,
-    last_sequence: usize,
-) -> Result<(), sqlx::Error> {
-    if current_snapshot == 1 {
-        sqlx::query!(
-            r#"INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-               VALUES ($1, $2, $3, $4, $5)"#,
-            A::TYPE,
-            aggregate_id,
-            last_sequence as i64,
-            current_snapshot as i64,
-            aggregate,
-        )
-        .execute(&mut *tx)
-        .await?;
-    } else {
-        let updated = sqlx::query!(
-            r#"UPDATE snapshots
-                  SET last_sequence = $3, payload = $5, current_snapshot = $4
-                WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4 - 1"#,
-            A::TYPE,
-            aggregate_id,
-            last_sequence as i64,
-            current_snapshot as i64,
-            aggregate,
-        )
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(sqlx::Error::RowNotFound);
-        }
-    }
-    Ok(())
 }
 
 fn idempotency_of(event: &SerializedEvent) -> Option<(&str, Vec<u8>)> {
@@ -175,12 +156,20 @@ fn idempotency_of(event: &SerializedEvent) -> Option<(&str, Vec<u8>)> {
     Some((key, hash))
 }
 
-/// Conflicts (unique violations, a lost snapshot race, a taken idempotency
-/// key) are optimistic-lock errors; a dead or exhausted pool is a connection
-/// error (503); the rest is unexpected (500).
+/// Conflicts (`append_events` raises a lost snapshot race and a taken
+/// Idempotency-Key as unique violations too) are optimistic-lock errors; a
+/// dead or exhausted pool is a connection error (503); the rest is
+/// unexpected (500).
+fn append_error(error: AppendError) -> PersistenceError {
+    match error {
+        AppendError::Database(error) => persistence_error(error),
+        AppendError::Stopped => PersistenceError::ConnectionError(Box::new(error)),
+        AppendError::Positions { .. } => PersistenceError::UnknownError(Box::new(error)),
+    }
+}
+
 fn persistence_error(error: sqlx::Error) -> PersistenceError {
     match &error {
-        sqlx::Error::RowNotFound => PersistenceError::OptimisticLockError,
         sqlx::Error::Database(e) if e.code().as_deref() == Some("23505") => {
             PersistenceError::OptimisticLockError
         }
@@ -210,32 +199,11 @@ impl PersistedEventRepository for EventStore {
             .await
     }
 
-    /// The newest snapshot. postgres-es' own query has no ORDER BY, and the
-    /// snapshots key includes `last_sequence`, so after a state-shape change
-    /// (cqrs-es then replays and starts a second "snapshot 1") it could load
-    /// either row.
     async fn get_snapshot<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        let row = sqlx::query!(
-            r#"SELECT last_sequence, current_snapshot, payload
-                 FROM snapshots
-                WHERE aggregate_type = $1 AND aggregate_id = $2
-                ORDER BY last_sequence DESC
-                LIMIT 1"#,
-            A::TYPE,
-            aggregate_id
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(persistence_error)?;
-        Ok(row.map(|row| SerializedSnapshot {
-            aggregate_id: aggregate_id.to_owned(),
-            aggregate: row.payload,
-            current_sequence: usize::try_from(row.last_sequence).unwrap_or_default(),
-            current_snapshot: usize::try_from(row.current_snapshot).unwrap_or_default(),
-        }))
+        self.newest_snapshot::<A>(aggregate_id).await
     }
 
     async fn persist<A: Aggregate>(
@@ -243,9 +211,32 @@ impl PersistedEventRepository for EventStore {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        self.append::<A>(events, snapshot_update)
-            .await
-            .map_err(persistence_error)
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        // cqrs-es snapshots only at the last event of an append (see
+        // domain::snapshot_tests), so the snapshot is at `last.sequence`.
+        let snapshot = snapshot_update.map(|(_, payload, number)| Snapshot { payload, number });
+        let snapshot_number = snapshot.as_ref().map(|s| s.number);
+        let append = Append {
+            aggregate_type: A::TYPE,
+            events: events.to_vec(),
+            snapshot,
+            idempotency: idempotency_of(last).map(|(key, hash)| (key.to_owned(), hash)),
+        };
+        match self.appends.append(append).await {
+            Ok(position) => {
+                update_scope(|scope| {
+                    scope.snapshot_taken = snapshot_number;
+                    scope.appended = Some(Appended {
+                        version: last.sequence as i64,
+                        position,
+                    });
+                });
+                Ok(())
+            }
+            Err(error) => Err(append_error(error)),
+        }
     }
 
     async fn stream_events<A: Aggregate>(

@@ -7,11 +7,10 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use problem_details::Problem;
 use service_runtime::shutdown::CancellationToken;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 
-use crate::commands::CommandBus;
+use crate::commands::{BusSettings, CommandBus};
 use crate::config::Config;
 use crate::event_store::purge_expired_keys;
 use crate::http::{self, QueryPublicUrl};
@@ -44,11 +43,10 @@ impl Application {
     /// Connects to the primary, applies migrations, binds the listener
     /// (`127.0.0.1:0` picks a free port) and prepares the relay.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(config.pool_size)
-            .acquire_timeout(config.acquire_timeout)
-            .connect(&config.database_url)
-            .await?;
+        let pool =
+            service_runtime::postgres::pool_options(config.pool_size, config.acquire_timeout)
+                .connect(&config.database_url)
+                .await?;
         schema::MIGRATOR.run(&pool).await?;
 
         let metrics = Metrics::new()?;
@@ -119,8 +117,13 @@ fn http_server(
 ) -> std::io::Result<Server> {
     let bus = web::Data::new(CommandBus::new(
         pool.clone(),
-        config.snapshot_every,
-        config.idempotency_ttl,
+        BusSettings {
+            snapshot_every: config.snapshot_every,
+            idempotency_ttl: config.idempotency_ttl,
+            cached_aggregates: config.cached_aggregates,
+            append_batch_max: config.append_batch_max,
+            append_workers: config.append_workers,
+        },
     ));
     let base = web::Data::new(QueryPublicUrl(config.query_public_url.clone()));
     let pool = web::Data::new(pool);

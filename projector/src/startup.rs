@@ -7,8 +7,8 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use event_bus::TopicSettings;
 use problem_details::Problem;
 use service_runtime::shutdown::CancellationToken;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use std::time::Duration;
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Config;
@@ -38,10 +38,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(config.pool_size)
-            .connect(&config.database_url)
-            .await?;
+        // The projector has no requests waiting: sqlx's default 30 s wait.
+        let pool =
+            service_runtime::postgres::pool_options(config.pool_size, Duration::from_secs(30))
+                .connect(&config.database_url)
+                .await?;
         schema::MIGRATOR.run(&pool).await?;
         let redis = redis::Client::open(config.redis_url.as_str())?;
         let redis = RedisSink::new(redis::aio::ConnectionManager::new(redis).await?);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use service_runtime::shutdown::CancellationToken;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 
@@ -134,10 +134,11 @@ fn replica_pool(config: &Config) -> Result<PgPool, StartupError> {
             // set-up pointing at the primary refuse them too.
             ("default_transaction_read_only", "on".to_owned()),
         ]);
-    Ok(PgPoolOptions::new()
-        .max_connections(config.replica_pool_size)
-        .acquire_timeout(config.replica_acquire_timeout)
-        .connect_lazy_with(options))
+    Ok(service_runtime::postgres::pool_options(
+        config.replica_pool_size,
+        config.replica_acquire_timeout,
+    )
+    .connect_lazy_with(options))
 }
 
 #[cfg(test)]

@@ -245,6 +245,9 @@ fn run_services(
                     query_public_url: format!("http://127.0.0.1:{query_port}"),
                     body_limit_bytes: 64 * 1024,
                     snapshot_every: 10,
+                    cached_aggregates: 10_000,
+                    append_batch_max: 64,
+                    append_workers: 2,
                     idempotency_ttl: Duration::from_secs(3600),
                     topics: topics.clone(),
                     relay: command_service::config::RelayConfig {

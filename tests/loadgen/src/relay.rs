@@ -1,0 +1,117 @@
+//! Relay publish rate: how fast the outbox relay drains a backlog, read off
+//! command-service's own `/metrics` (`relay_published_events_total`,
+//! `outbox_lag_events`).
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the measurement in reports.
+pub const NAME: &str = "relay_publish";
+
+/// A drained backlog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    pub name: String,
+    /// Events published between the first and the last sample.
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("reading {url}: {source}")]
+    Scrape { url: String, source: reqwest::Error },
+    #[error("{url} has no {metric} sample")]
+    MissingMetric { url: String, metric: &'static str },
+    #[error("the backlog was not drained within {0:?}")]
+    Timeout(Duration),
+    #[error("the relay published too little to measure ({0} events)")]
+    TooLittle(u64),
+}
+
+/// Samples `base_url/metrics` every `every` until the outbox lag is zero.
+/// The rate is taken between the first sample that shows published events
+/// and the first that shows no lag, so the relay's start-up (lease, broker
+/// connection) is not counted.
+pub async fn measure_drain(
+    base_url: &str,
+    every: Duration,
+    timeout: Duration,
+) -> Result<Drain, DrainError> {
+    let url = format!("{}/metrics", base_url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let sampled = Instant::now();
+        let text = client
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|source| DrainError::Scrape {
+                url: url.clone(),
+                source,
+            })?
+            .text()
+            .await
+            .map_err(|source| DrainError::Scrape {
+                url: url.clone(),
+                source,
+            })?;
+        let metric = |metric: &'static str| {
+            sample(&text, metric).ok_or_else(|| DrainError::MissingMetric {
+                url: url.clone(),
+                metric,
+            })
+        };
+        let published = metric("relay_published_events_total")? as u64;
+        let lag = metric("outbox_lag_events")? as u64;
+        match first {
+            None if published > 0 => first = Some((sampled, published)),
+            Some((t0, p0)) if lag == 0 => {
+                let events = published - p0;
+                if events == 0 {
+                    return Err(DrainError::TooLittle(published));
+                }
+                let seconds = sampled.duration_since(t0).as_secs_f64();
+                return Ok(Drain {
+                    name: NAME.to_owned(),
+                    events,
+                    seconds,
+                    events_per_s: events as f64 / seconds,
+                });
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(DrainError::Timeout(timeout));
+        }
+        tokio::time::sleep(every.saturating_sub(sampled.elapsed())).await;
+    }
+}
+
+/// The value of an unlabelled sample in the Prometheus text format.
+fn sample(text: &str, metric: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            (name == metric).then(|| value.trim().parse().ok())?
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_unlabelled_samples() {
+        let text = "# HELP outbox_lag_events x\n# TYPE outbox_lag_events gauge\noutbox_lag_events 42\nrelay_published_events_total 1e3\n";
+        assert_eq!(sample(text, "outbox_lag_events"), Some(42.0));
+        assert_eq!(sample(text, "relay_published_events_total"), Some(1000.0));
+        assert_eq!(sample(text, "outbox_lag"), None);
+    }
+}
