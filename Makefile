@@ -6,7 +6,7 @@ STACK := deploy/local/stack
 DEMO  := deploy/local/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status logs demo install test lint
+.PHONY: help up down status logs demo install test lint bench
 
 help:
 	@echo "make up       install deps, start infra + services, run the demo"
@@ -17,6 +17,7 @@ help:
 	@echo "make install  install prerequisites (apt packages, tansu)"
 	@echo "make test     install prerequisites, build the binaries, cargo test --workspace --locked --no-fail-fast"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
+	@echo "make bench    benchmarks against pgbench in the same run -> docs/BENCHMARKS.md"
 
 up:
 	$(STACK) up
@@ -48,3 +49,7 @@ test:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+# Own throwaway stack on other ports (see deploy/local/bench); about 5 minutes.
+bench:
+	deploy/local/bench

@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_taking_turns_decide_on_the_current_state() {
+    let here = stack().command_url.clone();
     let other = CommandServiceProcess::spawn("cache-peer");
     let client = reqwest::Client::new();
     let urls = [
-        stack().command_url.clone(),
+        here,
         format!("http://127.0.0.1:{}", other.port),
     ];
     eventually(
