@@ -125,7 +125,6 @@ impl<A: Aggregate + Clone> cqrs_es::EventStore<A> for CachedEventStore<A> {
                 after.aggregate.apply(event.clone());
             }
         }
-        update_scope(|scope| scope.snapshot_taken = None);
         match self.inner.commit(events, context, metadata).await {
             Ok(committed) => {
                 if let Some(mut after) = after {

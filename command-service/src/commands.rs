@@ -180,8 +180,8 @@ impl CommandBus {
         )
         .await;
         if outcome.is_err() && scope.served_from_cache {
-            // Decided on a cached stream that another instance may have moved
-            // on: decide again on the database's (docs/adr/0007).
+            // Decided on a cached aggregate that another instance may have
+            // moved on: decide again on the database's state (docs/adr/0007).
             (outcome, scope) = in_scope(
                 true,
                 cqrs.execute_with_metadata(&aggregate_id, command, metadata),

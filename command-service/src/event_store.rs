@@ -116,34 +116,6 @@ impl EventStore {
             appends,
         }
     }
-
-    /// The newest snapshot. postgres-es' own query has no ORDER BY, and the
-    /// snapshots key includes `last_sequence`, so after a state-shape change
-    /// (cqrs-es then replays and starts a second "snapshot 1") it could load
-    /// either row.
-    async fn newest_snapshot<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        let row = sqlx::query!(
-            r#"SELECT last_sequence, current_snapshot, payload
-                 FROM snapshots
-                WHERE aggregate_type = $1 AND aggregate_id = $2
-                ORDER BY last_sequence DESC
-                LIMIT 1"#,
-            A::TYPE,
-            aggregate_id
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(persistence_error)?;
-        Ok(row.map(|row| SerializedSnapshot {
-            aggregate_id: aggregate_id.to_owned(),
-            aggregate: row.payload,
-            current_sequence: usize::try_from(row.last_sequence).unwrap_or_default(),
-            current_snapshot: usize::try_from(row.current_snapshot).unwrap_or_default(),
-        }))
-    }
 }
 
 fn idempotency_of(event: &SerializedEvent) -> Option<(&str, Vec<u8>)> {
@@ -199,11 +171,32 @@ impl PersistedEventRepository for EventStore {
             .await
     }
 
+    /// The newest snapshot. postgres-es' own query has no ORDER BY, and the
+    /// snapshots key includes `last_sequence`, so after a state-shape change
+    /// (cqrs-es then replays and starts a second "snapshot 1") it could load
+    /// either row.
     async fn get_snapshot<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        self.newest_snapshot::<A>(aggregate_id).await
+        let row = sqlx::query!(
+            r#"SELECT last_sequence, current_snapshot, payload
+                 FROM snapshots
+                WHERE aggregate_type = $1 AND aggregate_id = $2
+                ORDER BY last_sequence DESC
+                LIMIT 1"#,
+            A::TYPE,
+            aggregate_id
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(persistence_error)?;
+        Ok(row.map(|row| SerializedSnapshot {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate: row.payload,
+            current_sequence: usize::try_from(row.last_sequence).unwrap_or_default(),
+            current_snapshot: usize::try_from(row.current_snapshot).unwrap_or_default(),
+        }))
     }
 
     async fn persist<A: Aggregate>(
