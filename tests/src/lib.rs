@@ -437,6 +437,30 @@ impl TopicReader {
 
 /// Polls `probe` until it returns `Some`, or panics after `deadline` with `what`.
 /// The only way tests wait for eventual consistency: never a fixed sleep.
+/// Creates a product named `name` (unique SKU, price 1.00 EUR) through the
+/// command-service at `command_url`; returns the 202 body (`aggregate_id`,
+/// `version`, `position`, ...). Panics on any other answer.
+pub async fn create_product(
+    client: &reqwest::Client,
+    command_url: &str,
+    name: &str,
+) -> serde_json::Value {
+    let response = client
+        .post(format!("{command_url}/products"))
+        .json(&serde_json::json!({
+            "sku": format!("SKU-{}", uuid::Uuid::new_v4().simple()),
+            "name": name,
+            "price": {"amount_minor": 100, "currency": "EUR"},
+        }))
+        .send()
+        .await
+        .expect("POST /products");
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.expect("a JSON answer");
+    assert_eq!(status, 202, "creating a product: {body}");
+    body
+}
+
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,

@@ -10,10 +10,9 @@
 
 use std::time::Duration;
 
-use e2e_tests::{eventually, stack, CommandServiceProcess};
+use e2e_tests::{create_product, eventually, stack, CommandServiceProcess};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
-use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_taking_turns_decide_on_the_current_state() {
@@ -35,18 +34,7 @@ async fn instances_taking_turns_decide_on_the_current_state() {
     )
     .await;
 
-    let created: Value = client
-        .post(format!("{}/products", urls[0]))
-        .json(
-            &json!({"sku": format!("CACHE-{}", Uuid::new_v4().simple()), "name": "n0",
-                      "price": {"amount_minor": 100, "currency": "EUR"}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = create_product(&client, &urls[0], "n0").await;
     let id = created["aggregate_id"].as_str().unwrap().to_owned();
     let mut version = created["version"].as_i64().unwrap();
 

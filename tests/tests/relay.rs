@@ -6,23 +6,15 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::{eventually, relay_cursor, stack, TopicReader};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 async fn create_product() -> (Uuid, i64) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/products", stack().command_url))
-        .json(
-            &json!({"sku": format!("SKU-{}", Uuid::new_v4().simple()), "name": "Relay probe",
-                      "price": {"amount_minor": 100, "currency": "EUR"}}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
+    let body =
+        e2e_tests::create_product(&reqwest::Client::new(), &stack().command_url, "Relay probe")
+            .await;
     (
         body["aggregate_id"].as_str().unwrap().parse().unwrap(),
         body["position"].as_i64().unwrap(),

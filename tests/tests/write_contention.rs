@@ -8,11 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use e2e_tests::stack;
+use e2e_tests::{create_product, stack};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
-use uuid::Uuid;
 
 const WRITERS: usize = 64;
 const COMMANDS_PER_WRITER: usize = 1_000;
@@ -33,18 +32,7 @@ async fn contended_writers_leave_contiguous_sequences_and_get_409_or_412() {
         .unwrap();
     let mut products = Vec::new();
     for n in 0..HOT_AGGREGATES {
-        let body: Value = client
-            .post(format!("{}/products", stack().command_url))
-            .json(
-                &json!({"sku": format!("HOT-{n}-{}", Uuid::new_v4().simple()), "name": "hot",
-                          "price": {"amount_minor": 1, "currency": "EUR"}}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = create_product(&client, &stack().command_url, &format!("hot {n}")).await;
         products.push(body["aggregate_id"].as_str().unwrap().to_owned());
     }
     let products = Arc::new(products);
