@@ -346,12 +346,36 @@ impl Drop for CommandServiceProcess {
     }
 }
 
-/// Position up to which the relay has published (0 before its first batch).
-pub async fn relay_cursor(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM outbox_cursor")
-        .fetch_one(pool)
-        .await
-        .expect("read the relay cursor")
+/// The relay's cursor, `(transaction id, position)` of the last event it
+/// published, `(0, 0)` before its first batch. The relay publishes in
+/// `(transaction id, position)` order, which is commit order, not position
+/// order: compare whole cursors, or use [`relay_published_through`], never
+/// the position alone.
+pub async fn relay_cursor(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(max(transaction_id::text::bigint), 0), coalesce(max(position), 0) \
+           FROM outbox_cursor",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("read the relay cursor")
+}
+
+/// Whether the relay has published every committed event whose position is
+/// at most `position`. Concurrent transactions commit positions out of
+/// order, so "the cursor's position ≥ `position`" would be wrong both ways.
+pub async fn relay_published_through(pool: &sqlx::PgPool, position: i64) -> bool {
+    sqlx::query_scalar(
+        "SELECT NOT EXISTS ( \
+             SELECT 1 FROM events e \
+              WHERE e.position <= $1 \
+                AND NOT EXISTS (SELECT 1 FROM outbox_cursor c \
+                                 WHERE (e.transaction_id, e.position) <= (c.transaction_id, c.position)))",
+    )
+    .bind(position)
+    .fetch_one(pool)
+    .await
+    .expect("compare the relay cursor with the events")
 }
 
 /// Waits (up to `deadline`) until the relay has published every event
@@ -364,7 +388,7 @@ pub async fn wait_for_relay_to_drain(pool: &sqlx::PgPool, deadline: Duration) {
     eventually(
         "the relay publishes every committed event",
         deadline,
-        || async { (relay_cursor(pool).await >= last).then_some(()) },
+        || async { relay_published_through(pool, last).await.then_some(()) },
     )
     .await;
 }

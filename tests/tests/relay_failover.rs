@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    committed_events, eventually, relay_cursor, stack_without_relay as stack,
-    wait_for_relay_to_drain, CommandServiceProcess as Instance, TopicReader,
+    committed_events, eventually, relay_cursor, relay_published_through,
+    stack_without_relay as stack, wait_for_relay_to_drain, CommandServiceProcess as Instance,
+    TopicReader,
 };
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -69,7 +70,7 @@ async fn a_standby_takes_over_within_10s_of_the_leader_being_killed_and_nothing_
         .await
         .unwrap();
     eventually("the leader publishes", Duration::from_secs(30), || async {
-        (relay_cursor(&pool).await > 50).then_some(())
+        relay_published_through(&pool, 50).await.then_some(())
     })
     .await;
     // Exactly one leader while all are healthy.
