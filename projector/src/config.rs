@@ -6,6 +6,8 @@ use std::time::Duration;
 use event_bus::TopicSettings;
 use service_runtime::config::{optional, required, ConfigError};
 
+use crate::partitions::MaintenanceSettings;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `PROJECTOR_HTTP_ADDR`: health endpoints (`127.0.0.1:0` picks a free port).
@@ -25,6 +27,11 @@ pub struct Config {
     pub batch_size: usize,
     /// `PROJECTOR_BATCH_TIMEOUT_MS`: longest wait to fill a batch once it has one message.
     pub batch_timeout: Duration,
+    /// `PROJECTOR_MAX_ATTEMPTS`: tries of a failing batch (with backoff)
+    /// before its failing events are parked as dead letters.
+    pub max_attempts: u32,
+    /// Monthly partitions of the time-series read models.
+    pub partitions: MaintenanceSettings,
 }
 
 impl Config {
@@ -38,6 +45,12 @@ impl Config {
             group_id: optional("PROJECTOR_GROUP_ID", "projector".to_owned())?,
             batch_size: optional("PROJECTOR_BATCH_SIZE", 500)?,
             batch_timeout: Duration::from_millis(optional("PROJECTOR_BATCH_TIMEOUT_MS", 50)?),
+            max_attempts: optional("PROJECTOR_MAX_ATTEMPTS", 5)?,
+            partitions: MaintenanceSettings {
+                ahead_months: optional("PARTITIONS_AHEAD_MONTHS", 3)?,
+                retention_months: optional("HISTORY_RETENTION_MONTHS", 0)?,
+                interval: Duration::from_secs(optional("PARTITION_MAINTENANCE_INTERVAL_S", 3600)?),
+            },
         })
     }
 }

@@ -1,69 +1,154 @@
 //! The consume → apply → commit loop.
 //!
-//! Offsets are committed to Kafka only after the batch's Postgres transaction
-//! committed (auto-commit is off), so a crash replays the batch; replays are
-//! harmless because every read-model row keeps the version it reflects.
+//! Offsets live in Postgres, written by the batch's own transaction
+//! ([`crate::batch`]); on partition assignment the consumer starts each
+//! partition at the offset stored there. Kafka's committed offsets are only
+//! a hint, written after the fact, for the case where the stored offsets
+//! cannot be read during a rebalance (the batch transaction still drops what
+//! was already applied).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
-use schema::envelope::{AnyEvent, EventHeaders};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Headers, Message as _, OwnedMessage};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use service_runtime::backoff::Backoff;
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
 use sqlx::PgPool;
 
+use crate::batch::{self, BatchError, Message, Mode, Outcome};
 use crate::config::Config;
-use crate::partitions::{Month, PartitionKeeper};
+use crate::metrics::{LagTracker, Metrics};
 use crate::redis_sink::RedisSink;
-use crate::store::{self, StreamEvent};
 
-/// Why a batch could not be applied; the batch is retried.
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error("creating history partitions: {0}")]
-    Partitions(#[source] sqlx::Error),
-    #[error(transparent)]
-    Apply(#[from] store::ApplyError),
+/// Starts assigned partitions at the offsets stored in Postgres.
+/// Also feeds librdkafka's statistics (high watermarks) to the lag metrics.
+pub struct OffsetsFromPostgres {
+    pool: PgPool,
+    group: String,
+    runtime: tokio::runtime::Handle,
+    lag: LagTracker,
+}
+
+impl ClientContext for OffsetsFromPostgres {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (name, topic) in &statistics.topics {
+            for (&partition, p) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition.
+                if partition >= 0 && p.fetch_state == "active" && p.hi_offset >= 0 {
+                    self.lag.observe_high(name, partition, p.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for OffsetsFromPostgres {
+    /// librdkafka assigns the list it hands us after this returns, with the
+    /// offsets set here. The callback is synchronous and runs inside the
+    /// consume loop's `recv()`, on a runtime worker, hence `block_in_place`
+    /// (the projector needs a multi-threaded runtime).
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else {
+            return;
+        };
+        let stored = tokio::task::block_in_place(|| {
+            self.runtime
+                .block_on(stored_offsets(&self.pool, &self.group))
+        });
+        match stored {
+            Ok(stored) => {
+                for mut element in assigned.elements() {
+                    let key = (element.topic().to_owned(), element.partition());
+                    if let Some(&next) = stored.get(&key) {
+                        if let Err(error) = element.set_offset(Offset::Offset(next)) {
+                            tracing::warn!(%error, topic = key.0, partition = key.1, "cannot set start offset");
+                        }
+                    }
+                }
+                tracing::info!(
+                    partitions = assigned.count(),
+                    "partitions assigned; starting at stored offsets"
+                );
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot read stored offsets; starting from Kafka's committed offsets (applied messages are dropped)"
+            ),
+        }
+    }
+}
+
+async fn stored_offsets(
+    pool: &PgPool,
+    group: &str,
+) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
+    Ok(sqlx::query!(
+        "SELECT topic, partition, next_offset FROM projector_offsets WHERE consumer_group = $1",
+        group
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| ((r.topic, r.partition), r.next_offset))
+    .collect())
 }
 
 pub struct Projector {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<OffsetsFromPostgres>,
     pool: PgPool,
     redis: RedisSink,
-    partitions: PartitionKeeper,
+    metrics: Metrics,
+    lag: LagTracker,
+    group: String,
     batch_size: usize,
     batch_timeout: Duration,
+    max_attempts: u32,
 }
 
 impl Projector {
+    /// Must be called inside a multi-threaded tokio runtime (see
+    /// [`OffsetsFromPostgres`]).
     pub fn new(
         config: &Config,
         pool: PgPool,
         redis: RedisSink,
+        metrics: Metrics,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer: StreamConsumer = config
+        let lag = LagTracker::new(metrics.clone());
+        let context = OffsetsFromPostgres {
+            pool: pool.clone(),
+            group: config.group_id.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            lag: lag.clone(),
+        };
+        let consumer: StreamConsumer<OffsetsFromPostgres> = config
             .topics
             .client_config()
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .create()?;
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(context)?;
         Ok(Self {
             consumer,
             pool,
             redis,
-            partitions: PartitionKeeper::default(),
+            metrics,
+            lag,
+            group: config.group_id.clone(),
             batch_size: config.batch_size.max(1),
             batch_timeout: config.batch_timeout,
+            max_attempts: config.max_attempts.max(1),
         })
     }
 
     /// Consumes until `shutdown`; a batch in progress is finished and committed first.
-    pub async fn run(mut self, topics: event_bus::TopicSettings, shutdown: CancellationToken) {
+    pub async fn run(self, topics: event_bus::TopicSettings, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         while let Err(error) = event_bus::ensure_topics(&topics).await {
             tracing::warn!(%error, "cannot create event topics yet");
@@ -77,21 +162,21 @@ impl Projector {
             tracing::error!(%error, "cannot subscribe to the event topics");
             return;
         }
-        tracing::info!(topics = ?names, "projector consuming");
+        tracing::info!(topics = ?names, group = self.group, "projector consuming");
         while let Some(batch) = self.next_batch(&shutdown).await {
-            self.process(batch, &shutdown).await;
+            self.process(&batch, &shutdown).await;
         }
         tracing::info!("projector stopped");
     }
 
     /// Waits for one message, then takes more until the batch is full or
     /// `batch_timeout` has passed. None on shutdown.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<Message>> {
         let first = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 received = self.consumer.recv() => match received {
-                    Ok(message) => break message.detach(),
+                    Ok(message) => break owned(message.detach()),
                     Err(error) => {
                         tracing::warn!(%error, "kafka receive failed");
                         if sleep_or_shutdown(Duration::from_millis(200), shutdown).await {
@@ -105,7 +190,7 @@ impl Projector {
         let deadline = tokio::time::Instant::now() + self.batch_timeout;
         while batch.len() < self.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
+                Ok(Ok(message)) => batch.push(owned(message.detach())),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "kafka receive failed");
                     break;
@@ -116,106 +201,99 @@ impl Projector {
         Some(batch)
     }
 
-    async fn process(&mut self, batch: Vec<OwnedMessage>, shutdown: &CancellationToken) {
-        let events: Vec<StreamEvent> = batch.iter().filter_map(decode).collect();
+    /// Applies `batch` until it commits: transient failures are retried with
+    /// backoff for as long as it takes; a batch that fails `max_attempts`
+    /// times on an event's own fault is applied event by event, parking the
+    /// events that fail.
+    async fn process(&self, batch: &[Message], shutdown: &CancellationToken) {
         let mut backoff = Backoff::default();
-        let summaries = loop {
-            match self.apply(&events).await {
-                Ok(summaries) => break summaries,
+        let mut failures = 0;
+        let outcome = loop {
+            let mode = if failures >= self.max_attempts {
+                Mode::Isolate
+            } else {
+                Mode::Strict
+            };
+            let timer = self.metrics.batch_seconds.start_timer();
+            let result = batch::apply(&self.pool, &self.group, batch, mode).await;
+            timer.observe_duration();
+            match result {
+                Ok(outcome) => break outcome,
                 Err(error) => {
-                    tracing::error!(%error, "applying batch failed; retrying");
-                    // Shutdown mid-retry leaves offsets uncommitted: the next
-                    // owner of these partitions applies the batch again.
+                    self.metrics.failed_batches.inc();
+                    if matches!(error, BatchError::Poison { .. }) {
+                        failures += 1;
+                    }
+                    tracing::warn!(%error, failures, "applying batch failed; retrying");
+                    // Shutdown mid-retry commits nothing: the next owner of
+                    // these partitions starts at the stored offsets.
                     if sleep_or_shutdown(backoff.next_delay(), shutdown).await {
                         return;
                     }
                 }
             }
         };
+        self.metrics.applied.inc_by(outcome.applied as u64);
+        self.metrics
+            .already_applied
+            .inc_by(outcome.already_applied as u64);
+        self.metrics.parked.inc_by(outcome.parked as u64);
         // Redis is a copy of Postgres: if it is down the batch still counts
         // (query-service falls back to the replica), and the next event of
         // the same order rewrites the summary in full.
-        if let Err(error) = self.redis.write(&summaries).await {
-            tracing::warn!(%error, orders = summaries.len(), "redis write failed");
+        if let Err(error) = self.redis.write(&outcome.summaries).await {
+            tracing::warn!(%error, orders = outcome.summaries.len(), "redis write failed");
         }
-        self.commit(&batch);
+        if let Err(error) = self.redis.publish(&outcome.invalidations).await {
+            tracing::warn!(%error, keys = outcome.invalidations.len(), "publishing invalidations failed");
+        }
+        self.commit_hint(&outcome);
+        self.record_lag(batch, &outcome);
     }
 
-    async fn apply(
-        &mut self,
-        events: &[StreamEvent],
-    ) -> Result<Vec<schema::views::OrderSummary>, BatchError> {
-        let months: Vec<Month> = events
-            .iter()
-            .filter(|e| matches!(e.event, AnyEvent::Order(_)))
-            .map(|e| Month::of(e.headers.occurred_at))
-            .collect();
-        self.partitions
-            .ensure(&self.pool, &months)
-            .await
-            .map_err(BatchError::Partitions)?;
-        Ok(store::apply_batch(&self.pool, events).await?)
-    }
-
-    /// Commits, per partition, the offset after the last message of the batch.
-    fn commit(&self, batch: &[OwnedMessage]) {
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for message in batch {
-            let entry = next
-                .entry((message.topic(), message.partition()))
-                .or_insert(0);
-            *entry = (*entry).max(message.offset() + 1);
-        }
+    /// Commits the batch's offsets to Kafka too, asynchronously: only a hint
+    /// for when Postgres cannot be read at assignment (see module docs).
+    fn commit_hint(&self, outcome: &Outcome) {
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            if let Err(error) = list.add_partition_offset(topic, partition, Offset::Offset(offset))
+        for ((topic, partition), offset) in &outcome.next_offsets {
+            if let Err(error) =
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
             {
                 tracing::warn!(%error, "building offset list");
             }
         }
-        // A failed commit (e.g. during a rebalance) only means a replay.
-        if let Err(error) = self.consumer.commit(&list, CommitMode::Sync) {
-            tracing::warn!(%error, "offset commit failed; the batch will be replayed");
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(%error, "kafka offset commit failed (a hint only)");
+        }
+    }
+
+    fn record_lag(&self, batch: &[Message], outcome: &Outcome) {
+        for ((topic, partition), next) in &outcome.next_offsets {
+            let newest = batch
+                .iter()
+                .filter(|m| &m.topic == topic && m.partition == *partition)
+                .filter_map(|m| m.timestamp_ms)
+                .max();
+            self.lag.applied(topic, *partition, *next, newest);
         }
     }
 }
 
-/// Decodes one message. A message that cannot be decoded is logged and
-/// skipped so that it cannot block its partition.
-fn decode(message: &OwnedMessage) -> Option<StreamEvent> {
-    let pairs = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .filter_map(|h| h.value.map(|v| (h.key, v)))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let decoded = EventHeaders::from_pairs(pairs)
-        .map_err(|e| e.to_string())
-        .and_then(|headers| {
-            let payload = message.payload().unwrap_or_default();
-            AnyEvent::decode_versioned(
-                &headers.aggregate_type,
-                &headers.event_type,
-                &headers.event_version,
-                payload,
-            )
-            .map(|event| StreamEvent { headers, event })
-            .map_err(|e| e.to_string())
-        });
-    match decoded {
-        Ok(event) => Some(event),
-        Err(error) => {
-            tracing::error!(
-                topic = message.topic(),
-                partition = message.partition(),
-                offset = message.offset(),
-                %error,
-                "undecodable event skipped"
-            );
-            None
-        }
+fn owned(message: OwnedMessage) -> Message {
+    Message {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .filter_map(|h| h.value.map(|v| (h.key.to_owned(), v.to_vec())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        payload: message.payload().map(<[u8]>::to_vec),
     }
 }

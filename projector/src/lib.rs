@@ -1,8 +1,13 @@
 //! projector: a Kafka consumer group that builds the denormalized read models
 //! (in range-partitioned Postgres tables and in Redis) idempotently.
 
+pub mod admin;
+pub mod batch;
+pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
+pub mod metrics;
 pub mod order_summary;
 pub mod partitions;
 pub mod redis_sink;

@@ -1,8 +1,11 @@
-//! Materializes order summaries in Redis, never moving one backwards.
+//! Materializes order summaries in Redis, never moving one backwards, and
+//! publishes the invalidation signals query-service instances subscribe to.
 
 use redis::aio::ConnectionManager;
 use redis::Script;
-use schema::views::{order_summary_key, OrderSummary};
+use schema::views::{
+    order_summary_key, Invalidation, Invalidations, OrderSummary, INVALIDATION_CHANNEL,
+};
 
 /// Compare-and-set on the version: the write lands only if Redis holds no
 /// summary or an older one, atomically (a Lua script runs alone). Replays,
@@ -17,6 +20,7 @@ redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2])
 return 1
 ";
 
+#[derive(Clone)]
 pub struct RedisSink {
     connection: ConnectionManager,
     script: Script,
@@ -51,6 +55,26 @@ impl RedisSink {
                 .invoke_async(&mut connection)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Publishes the keys a committed batch changed, in one message. Pub/sub
+    /// is fire-and-forget: an instance that is not subscribed at this moment
+    /// misses it, which is why caches also expire and flush when their
+    /// subscription drops (docs/adr/0009).
+    pub async fn publish(&self, invalidations: &[Invalidation]) -> Result<(), SinkError> {
+        if invalidations.is_empty() {
+            return Ok(());
+        }
+        let message = serde_json::to_string(&Invalidations {
+            changed: invalidations.to_vec(),
+        })?;
+        let mut connection = self.connection.clone();
+        let _receivers: i64 = redis::cmd("PUBLISH")
+            .arg(INVALIDATION_CHANNEL)
+            .arg(message)
+            .query_async(&mut connection)
+            .await?;
         Ok(())
     }
 }

@@ -13,6 +13,9 @@ use tracing_actix_web::TracingLogger;
 
 use crate::config::Config;
 use crate::consumer::Projector;
+use crate::dead_letters::DeadLetterDesk;
+use crate::metrics::{Group, Metrics};
+use crate::partitions::{self, MaintenanceSettings};
 use crate::redis_sink::RedisSink;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,8 @@ pub enum StartupError {
     Redis(#[from] redis::RedisError),
     #[error("creating the kafka consumer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("binding the HTTP listener: {0}")]
     Bind(#[from] std::io::Error),
 }
@@ -34,6 +39,8 @@ pub struct Application {
     server: Server,
     projector: Projector,
     topics: TopicSettings,
+    pool: PgPool,
+    partitions: MaintenanceSettings,
 }
 
 impl Application {
@@ -46,17 +53,31 @@ impl Application {
         schema::MIGRATOR.run(&pool).await?;
         let redis = redis::Client::open(config.redis_url.as_str())?;
         let redis = RedisSink::new(redis::aio::ConnectionManager::new(redis).await?);
-        let projector = Projector::new(&config, pool.clone(), redis)?;
+        let metrics = Metrics::new()?;
+        let projector = Projector::new(&config, pool.clone(), redis.clone(), metrics.clone())?;
+        let desk = web::Data::new(DeadLetterDesk {
+            pool: pool.clone(),
+            redis,
+            group: config.group_id.clone(),
+        });
 
         let listener = TcpListener::bind(&config.http_addr)?;
         let port = listener.local_addr()?.port();
-        let pool = web::Data::new(pool);
+        let data_pool = web::Data::new(pool.clone());
+        let metrics = web::Data::new(metrics);
+        let group = web::Data::new(Group(config.group_id.clone()));
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::default())
-                .app_data(pool.clone())
+                .app_data(data_pool.clone())
+                .app_data(metrics.clone())
+                .app_data(group.clone())
+                .app_data(desk.clone())
+                .app_data(problem_details::path_config())
                 .route("/health/live", web::get().to(HttpResponse::Ok))
                 .route("/health/ready", web::get().to(ready))
+                .route("/metrics", web::get().to(crate::metrics::metrics))
+                .configure(crate::admin::routes)
                 .default_service(web::to(problem_details::route_not_found))
         })
         .workers(1)
@@ -68,6 +89,8 @@ impl Application {
             server,
             projector,
             topics: config.topics,
+            pool,
+            partitions: config.partitions,
         })
     }
 
@@ -82,8 +105,15 @@ impl Application {
             server,
             projector,
             topics,
+            pool,
+            partitions,
             ..
         } = self;
+        let maintenance = tokio::spawn(partitions::run_maintenance(
+            pool,
+            partitions,
+            shutdown.clone(),
+        ));
         let consumer = {
             let shutdown = shutdown.clone();
             tokio::spawn(projector.run(topics, shutdown))
@@ -100,6 +130,7 @@ impl Application {
         shutdown.cancel();
         let _ = stopper.await;
         let _ = consumer.await;
+        let _ = maintenance.await;
         served
     }
 }

@@ -1,19 +1,20 @@
-//! Applies a batch of events to the Postgres read models in one transaction.
+//! Applies one event to the Postgres read models, inside the caller's
+//! transaction ([`crate::batch`] makes one per batch).
 //!
 //! Idempotency: every aggregate's row keeps the sequence of the last event it
 //! reflects (`version`). An event whose sequence is not newer is skipped; one
 //! that is more than one ahead means an event is missing, which is an error
-//! (the batch is retried) rather than a silently wrong read model.
-
-use std::collections::BTreeMap;
+//! (retried, then parked as a dead letter) rather than a silently wrong read model.
 
 use chrono::{DateTime, Utc};
 use schema::envelope::{AnyEvent, EventHeaders};
 use schema::money::Currency;
 use schema::order::OrderEvent;
 use schema::product::ProductEvent;
-use schema::views::{OrderStatus, OrderSummary};
-use sqlx::{PgConnection, PgPool};
+use schema::views::{
+    customer_history_key, order_summary_key, product_key, Invalidation, OrderStatus, OrderSummary,
+};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::order_summary::{self, FoldError};
@@ -69,29 +70,134 @@ fn decide(
     }
 }
 
-/// Applies `events` (in stream order) in one transaction and returns the
-/// order summaries as committed, for every order the batch touched, applied
-/// or skipped: Redis is brought up to them, so a replay also repairs Redis.
-pub async fn apply_batch(
-    pool: &PgPool,
-    events: &[StreamEvent],
-) -> Result<Vec<OrderSummary>, ApplyError> {
-    let mut tx = pool.begin().await?;
-    let mut touched: BTreeMap<Uuid, OrderSummary> = BTreeMap::new();
-    for StreamEvent { headers, event } in events {
-        let id = Uuid::parse_str(&headers.aggregate_id)
-            .map_err(|_| ApplyError::BadAggregateId(headers.aggregate_id.clone()))?;
-        match event {
-            AnyEvent::Product(event) => apply_product(&mut tx, id, headers, event).await?,
-            AnyEvent::Order(event) => {
-                if let Some(summary) = apply_order(&mut tx, id, headers, event).await? {
-                    touched.insert(id, summary);
-                }
-            }
+/// What applying one event did.
+#[derive(Debug, Clone, Default)]
+pub struct Effect {
+    /// False when the read models already reflected the event (a replay or
+    /// a duplicate from the relay's at-least-once delivery).
+    pub changed: bool,
+    /// The order's summary as it now stands, applied or not: Redis is brought
+    /// up to it, so a replay also repairs Redis.
+    pub summary: Option<OrderSummary>,
+    /// Cache keys the event changed, at their new versions.
+    pub invalidations: Vec<Invalidation>,
+}
+
+impl ApplyError {
+    /// Whether trying again later may succeed (the database is unreachable,
+    /// overloaded or a transaction lost a serialization race), as opposed to
+    /// an event that fails the same way every time and must be parked.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(error) => is_transient(error),
+            Self::BadAggregateId(_)
+            | Self::Gap { .. }
+            | Self::Fold { .. }
+            | Self::StoredSummary { .. } => false,
         }
     }
-    tx.commit().await?;
-    Ok(touched.into_values().collect())
+}
+
+/// Connection trouble and the SQLSTATE classes that mean "not now" rather
+/// than "never": 08 connection, 40 transaction rollback (serialization,
+/// deadlock), 53 insufficient resources, 57 operator intervention (e.g. a
+/// shutting-down server), 58 system error.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|c| code.starts_with(c))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// Applies one event to the Postgres read models on `conn` (the caller's
+/// transaction).
+pub async fn apply_event(
+    conn: &mut PgConnection,
+    StreamEvent { headers, event }: &StreamEvent,
+) -> Result<Effect, ApplyError> {
+    let id = Uuid::parse_str(&headers.aggregate_id)
+        .map_err(|_| ApplyError::BadAggregateId(headers.aggregate_id.clone()))?;
+    match event {
+        AnyEvent::Product(event) => {
+            let changed = apply_product(conn, id, headers, event).await?;
+            Ok(Effect {
+                changed,
+                summary: None,
+                invalidations: if changed {
+                    vec![Invalidation {
+                        key: product_key(id),
+                        version: headers.sequence,
+                    }]
+                } else {
+                    Vec::new()
+                },
+            })
+        }
+        AnyEvent::Order(event) => {
+            let (summary, changed) = apply_order(conn, id, headers, event).await?;
+            let invalidations = match (&summary, changed) {
+                (Some(s), true) => vec![
+                    Invalidation {
+                        key: order_summary_key(s.order_id),
+                        version: s.version,
+                    },
+                    Invalidation {
+                        key: customer_history_key(s.customer_id),
+                        version: headers.position,
+                    },
+                ],
+                _ => Vec::new(),
+            };
+            Ok(Effect {
+                changed,
+                summary,
+                invalidations,
+            })
+        }
+    }
+}
+
+/// Moves an aggregate's read-model version past `sequence` without applying
+/// the event (an operator skipped it as a dead letter), so the events after
+/// it are not taken for a gap. A no-op unless the model is at `sequence - 1`.
+pub async fn skip_event(
+    conn: &mut PgConnection,
+    aggregate_type: &str,
+    id: Uuid,
+    sequence: i64,
+) -> Result<(), sqlx::Error> {
+    match aggregate_type {
+        schema::product::AGGREGATE_TYPE => {
+            sqlx::query!(
+                "UPDATE product_catalog SET version = $2 WHERE product_id = $1 AND version + 1 = $2",
+                id,
+                sequence
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        schema::order::AGGREGATE_TYPE => {
+            sqlx::query!(
+                "UPDATE order_summary SET version = $2 WHERE order_id = $1 AND version + 1 = $2",
+                id,
+                sequence
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn apply_product(
@@ -99,7 +205,7 @@ async fn apply_product(
     id: Uuid,
     headers: &EventHeaders,
     event: &ProductEvent,
-) -> Result<(), ApplyError> {
+) -> Result<bool, ApplyError> {
     let current = sqlx::query_scalar!(
         "SELECT version FROM product_catalog WHERE product_id = $1 FOR UPDATE",
         id
@@ -108,7 +214,7 @@ async fn apply_product(
     .await?
     .unwrap_or(0);
     if !decide("Product", id, current, headers.sequence)? {
-        return Ok(());
+        return Ok(false);
     }
     let (seq, at) = (headers.sequence, headers.occurred_at);
     match event {
@@ -159,22 +265,22 @@ async fn apply_product(
             .await?;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Applies one order event; returns the summary as it now stands (None only
 /// if the order does not exist and the event was skipped, which cannot happen
-/// for a well-formed stream).
+/// for a well-formed stream) and whether the event changed it.
 async fn apply_order(
     conn: &mut PgConnection,
     id: Uuid,
     headers: &EventHeaders,
     event: &OrderEvent,
-) -> Result<Option<OrderSummary>, ApplyError> {
+) -> Result<(Option<OrderSummary>, bool), ApplyError> {
     let current = load_summary(conn, id).await?;
     let version = current.as_ref().map_or(0, |s| s.version);
     if !decide("Order", id, version, headers.sequence)? {
-        return Ok(current);
+        return Ok((current, false));
     }
     let sales_sign = order_summary::sales_sign(current.as_ref(), event);
     let summary = order_summary::fold(current, id, event, headers.occurred_at, headers.sequence)
@@ -190,7 +296,7 @@ async fn apply_order(
     if sales_sign != 0 {
         book_sales(conn, &summary, sales_sign, headers).await?;
     }
-    Ok(Some(summary))
+    Ok((Some(summary), true))
 }
 
 async fn load_summary(

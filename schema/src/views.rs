@@ -13,6 +13,40 @@ pub fn order_summary_key(order_id: Uuid) -> String {
     format!("order_summary:{order_id}")
 }
 
+/// Cache key of a product in the catalog.
+pub fn product_key(product_id: Uuid) -> String {
+    format!("product:{product_id}")
+}
+
+/// Cache key of a customer's order history (every list of it).
+pub fn customer_history_key(customer_id: Uuid) -> String {
+    format!("customer_history:{customer_id}")
+}
+
+/// Redis pub/sub channel carrying [`Invalidations`] from the projector to
+/// every query-service instance (see docs/adr/0009).
+pub const INVALIDATION_CHANNEL: &str = "read-model-invalidations";
+
+/// One read-model document that changed: a cache holding `key` at a version
+/// below `version` is stale. Versions only grow per key, so a signal that
+/// arrives late or twice cannot make a cache drop a newer entry it trusts.
+///
+/// `version` is the aggregate's sequence for per-aggregate documents
+/// ([`order_summary_key`], [`product_key`]) and the global event position
+/// for documents that sum many aggregates ([`customer_history_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    pub key: String,
+    pub version: i64,
+}
+
+/// The message published on [`INVALIDATION_CHANNEL`] after each committed
+/// projector batch: every key the batch changed, at its new version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidations {
+    pub changed: Vec<Invalidation>,
+}
+
 /// Lifecycle of an order as the read side reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

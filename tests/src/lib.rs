@@ -27,6 +27,9 @@ pub struct Stack {
     pub topic_prefix: String,
     pub command_url: String,
     pub query_url: String,
+    /// The in-process projector's HTTP endpoint (health, metrics, admin);
+    /// None for [`stack_without_projector`].
+    pub projector_url: Option<String>,
     /// Where `deploy/local/stack` keeps data, logs and pidfiles.
     pub dir: PathBuf,
 }
@@ -55,14 +58,43 @@ static STACK: OnceLock<Stack> = OnceLock::new();
 
 /// The stack of this test binary, started on first call.
 pub fn stack() -> &'static Stack {
-    STACK.get_or_init(|| start(true))
+    STACK.get_or_init(|| {
+        start(Services {
+            relay: true,
+            projector: true,
+        })
+    })
 }
 
 /// The same stack, but its in-process command-service does not relay: for a
 /// test binary that runs relays of its own (as separate processes). A binary
 /// uses either this or [`stack()`], never both.
 pub fn stack_without_relay() -> &'static Stack {
-    STACK.get_or_init(|| start(false))
+    STACK.get_or_init(|| {
+        start(Services {
+            relay: false,
+            projector: true,
+        })
+    })
+}
+
+/// The same stack without the in-process projector: for a test binary that
+/// runs projectors of its own ([`ProjectorProcess`]). A binary uses only one
+/// of the `stack` functions.
+pub fn stack_without_projector() -> &'static Stack {
+    STACK.get_or_init(|| {
+        start(Services {
+            relay: true,
+            projector: false,
+        })
+    })
+}
+
+/// Which in-process services a stack runs besides query-service.
+#[derive(Debug, Clone, Copy)]
+struct Services {
+    relay: bool,
+    projector: bool,
 }
 
 /// A binary of this workspace (`command-service`, ...), built by `make test`
@@ -130,7 +162,7 @@ fn infra_up(script: &Path, dir: &Path, attempt: u32) -> Option<[(&'static str, u
     None
 }
 
-fn start(relay: bool) -> Stack {
+fn start(services: Services) -> Stack {
     // Quiet by default: expected 4xx responses would otherwise flood the
     // output (tracing-actix-web logs them at WARN). RUST_LOG overrides.
     if std::env::var_os("RUST_LOG").is_none() {
@@ -190,8 +222,8 @@ fn start(relay: bool) -> Stack {
         replication: 1,
     };
 
-    let (command_port, query_port) = run_services(
-        relay,
+    let (command_port, query_port, projector_port) = run_services(
+        services,
         primary_url.clone(),
         replica_url.clone(),
         redis_url.clone(),
@@ -205,21 +237,22 @@ fn start(relay: bool) -> Stack {
         topic_prefix: topics.prefix,
         command_url: format!("http://127.0.0.1:{command_port}"),
         query_url: format!("http://127.0.0.1:{query_port}"),
+        projector_url: projector_port.map(|port| format!("http://127.0.0.1:{port}")),
         dir,
     };
     eprintln!("e2e: services up in {:?}: {stack:?}", started.elapsed());
     stack
 }
 
-/// Builds and runs the three services on a dedicated runtime thread; returns
-/// the HTTP ports of command-service and query-service.
+/// Builds and runs the services on a dedicated runtime thread; returns the
+/// HTTP ports of command-service, query-service and the projector (if run).
 fn run_services(
-    relay: bool,
+    services: Services,
     primary_url: String,
     replica_url: String,
     redis_url: String,
     topics: event_bus::TopicSettings,
-) -> (u16, u16) {
+) -> (u16, u16, Option<u16>) {
     let (ports_tx, ports_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -251,7 +284,7 @@ fn run_services(
                     idempotency_ttl: Duration::from_secs(3600),
                     topics: topics.clone(),
                     relay: command_service::config::RelayConfig {
-                        enabled: relay,
+                        enabled: services.relay,
                         batch_size: 500,
                         poll_interval: Duration::from_millis(20),
                         lease_retry: Duration::from_millis(500),
@@ -261,25 +294,47 @@ fn run_services(
                 .await
                 .expect("command-service builds");
             let command_port = command.port();
-            let projector = projector::startup::Application::build(projector::config::Config {
-                http_addr: "127.0.0.1:0".to_owned(),
-                database_url: primary_url,
-                pool_size: 4,
-                redis_url,
-                topics,
-                group_id: "projector".to_owned(),
-                batch_size: 500,
-                batch_timeout: Duration::from_millis(20),
-            })
-            .await
-            .expect("projector builds");
+            let projector = if services.projector {
+                Some(
+                    projector::startup::Application::build(projector::config::Config {
+                        http_addr: "127.0.0.1:0".to_owned(),
+                        database_url: primary_url,
+                        pool_size: 4,
+                        redis_url,
+                        topics,
+                        group_id: "projector".to_owned(),
+                        batch_size: 500,
+                        batch_timeout: Duration::from_millis(20),
+                        max_attempts: 3,
+                        partitions: projector::partitions::MaintenanceSettings {
+                            ahead_months: 3,
+                            retention_months: 0,
+                            interval: Duration::from_secs(3600),
+                        },
+                    })
+                    .await
+                    .expect("projector builds"),
+                )
+            } else {
+                None
+            };
             ports_tx
-                .send((command_port, query_port))
+                .send((
+                    command_port,
+                    query_port,
+                    projector.as_ref().map(|p| p.port()),
+                ))
                 .expect("report ports");
+            let projector_shutdown = shutdown.clone();
+            let projector = async move {
+                if let Some(projector) = projector {
+                    let _ = projector.run_until_stopped(projector_shutdown).await;
+                }
+            };
             let _ = tokio::join!(
                 command.run_until_stopped(shutdown.clone()),
                 query.run_until_stopped(shutdown.clone()),
-                projector.run_until_stopped(shutdown),
+                projector,
             );
         });
     });
@@ -340,6 +395,63 @@ impl CommandServiceProcess {
 }
 
 impl Drop for CommandServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A projector running as a process of its own (so it can be `kill -9`ed),
+/// in consumer group `projector`, against the stack of this binary. Killed
+/// with SIGKILL when dropped.
+pub struct ProjectorProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl ProjectorProcess {
+    /// Starts one; its log goes to `<stack dir>/logs/projector-<name>.log`.
+    pub fn spawn(name: &str) -> Self {
+        let stack = STACK
+            .get()
+            .expect("start the stack before spawning processes");
+        let port = free_port();
+        let log_path = stack.dir.join("logs").join(format!("projector-{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("log file");
+        let child = Command::new(workspace_binary("projector"))
+            .env("PRIMARY_DATABASE_URL", &stack.primary_url)
+            .env("REDIS_URL", &stack.redis_url)
+            .env("KAFKA_BROKERS", &stack.brokers)
+            .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
+            .env("PROJECTOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("PROJECTOR_GROUP_ID", "projector")
+            .env("PROJECTOR_BATCH_TIMEOUT_MS", "20")
+            .env("PROJECTOR_MAX_ATTEMPTS", "3")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn projector");
+        Self { child, port }
+    }
+
+    /// Its Prometheus metrics, or None if it does not answer.
+    pub async fn metrics(&self) -> Option<String> {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+}
+
+impl Drop for ProjectorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -457,6 +569,40 @@ impl TopicReader {
             payload: message.payload().unwrap_or_default().to_vec(),
         })
     }
+}
+
+/// Produces one message straight to the topic of `headers.aggregate_type`,
+/// keyed by the aggregate id, as the relay would (or as a broken producer
+/// might: `payload` is sent as given). Returns (partition, offset).
+pub async fn produce_raw(headers: &schema::envelope::EventHeaders, payload: &str) -> (i32, i64) {
+    let stack = STACK.get().expect("start the stack first");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.brokers)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("kafka producer");
+    let kafka_headers = headers.to_pairs().into_iter().fold(
+        rdkafka::message::OwnedHeaders::new(),
+        |h, (key, value)| {
+            h.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        },
+    );
+    let topic = schema::envelope::topic_for(&stack.topic_prefix, &headers.aggregate_type);
+    let delivery = producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .key(&headers.aggregate_id)
+                .payload(payload)
+                .headers(kafka_headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(error, _)| error)
+        .expect("produce");
+    (delivery.partition, delivery.offset)
 }
 
 /// Polls `probe` until it returns `Some`, or panics after `deadline` with `what`.

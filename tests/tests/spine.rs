@@ -315,11 +315,6 @@ async fn a_duplicated_event_changes_nothing() {
 
     // Redeliver OrderPlaced (sequence 1) with different content, as a broken
     // producer or a replay would: it must be recognised and dropped.
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &stack().brokers)
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
     let headers = schema::envelope::EventHeaders {
         aggregate_type: "Order".into(),
         aggregate_id: order.clone(),
@@ -329,30 +324,11 @@ async fn a_duplicated_event_changes_nothing() {
         event_version: "1".into(),
         occurred_at: chrono::Utc::now(),
     };
-    let kafka_headers = headers.to_pairs().into_iter().fold(
-        rdkafka::message::OwnedHeaders::new(),
-        |h, (key, value)| {
-            h.insert(rdkafka::message::Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        },
-    );
     let forged = json!({"OrderPlaced": {"customer_id": customer, "lines": [
         {"product_id": product, "quantity": 99, "unit_price": {"amount_minor": 1, "currency": "EUR"}}
     ]}})
     .to_string();
-    let topic = schema::envelope::topic_for(&stack().topic_prefix, "Order");
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::to(&topic)
-                .key(&order)
-                .payload(&forged)
-                .headers(kafka_headers),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    e2e_tests::produce_raw(&headers, &forged).await;
 
     // A later real event on the same key lands in the same partition after the
     // duplicate, so once it is visible the duplicate has been processed.

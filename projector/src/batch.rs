@@ -1,0 +1,394 @@
+//! One batch of Kafka messages → one Postgres transaction.
+//!
+//! The transaction holds everything that must agree: the read-model changes,
+//! the consumer group's offsets for the partitions in the batch, the message
+//! counts and any dead letters. Either all of it commits or none of it, so a
+//! crash, a rebalance in the middle of a batch, or two instances briefly
+//! owning one partition can neither lose nor double-apply a message:
+//! - the offset rows of the batch's partitions are locked first (in a fixed
+//!   order, so two instances cannot deadlock), and messages below the stored
+//!   offset are dropped as already applied;
+//! - aggregates with a parked dead letter get their later events parked
+//!   behind it, so per-aggregate order holds while others keep flowing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use schema::envelope::{AnyEvent, EventHeaders};
+use schema::views::{Invalidation, OrderSummary};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::store::{self, is_transient, ApplyError, StreamEvent};
+
+/// A Kafka message as the projector keeps it: owned, and storable as a dead
+/// letter exactly as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Broker timestamp in milliseconds since the epoch, if any.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Which aggregate a message belongs to, read from its headers alone (so it
+/// is known even when the payload cannot be decoded).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AggregateRef {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+}
+
+impl Message {
+    fn event_headers(&self) -> Result<EventHeaders, String> {
+        EventHeaders::from_pairs(
+            self.headers
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_slice())),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The aggregate the message belongs to, if its headers say.
+    pub fn aggregate(&self) -> Option<AggregateRef> {
+        self.event_headers().ok().map(|h| AggregateRef {
+            aggregate_type: h.aggregate_type,
+            aggregate_id: h.aggregate_id,
+            sequence: h.sequence,
+        })
+    }
+
+    /// Headers and payload decoded (and upcast) into an event.
+    pub fn decode(&self) -> Result<StreamEvent, String> {
+        let headers = self.event_headers()?;
+        let event = AnyEvent::decode_versioned(
+            &headers.aggregate_type,
+            &headers.event_type,
+            &headers.event_version,
+            self.payload.as_deref().unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(StreamEvent { headers, event })
+    }
+
+    /// The headers as a JSON object (values as text), for the dead-letter table.
+    pub fn headers_json(&self) -> serde_json::Value {
+        self.headers
+            .iter()
+            .map(|(key, value)| {
+                (
+                    key.clone(),
+                    serde_json::Value::String(String::from_utf8_lossy(value).into_owned()),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// How a batch treats an event that fails deterministically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fail the whole batch (it is retried with backoff): the fast path, one
+    /// transaction and no savepoints.
+    Strict,
+    /// Apply each event in a savepoint and park the ones that fail: used once
+    /// a batch has failed `max_attempts` times.
+    Isolate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Postgres is unreachable or refused for now; nothing was committed.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// An event fails every time (in [`Mode::Strict`]); nothing was committed.
+    #[error("{topic}/{partition} offset {offset}: {reason}")]
+    Poison {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Unavailable(error)
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Messages applied (including those the read models already reflected).
+    pub applied: usize,
+    /// Messages dropped because the group's stored offset was past them.
+    pub already_applied: usize,
+    /// Messages parked as dead letters (failed, or behind one that failed).
+    pub parked: usize,
+    /// Latest summary of every order the batch touched, for Redis.
+    pub summaries: Vec<OrderSummary>,
+    /// Every cache key the batch changed, at its newest version.
+    pub invalidations: Vec<Invalidation>,
+    /// Per partition, the offset after the last message of the batch.
+    pub next_offsets: BTreeMap<(String, i32), i64>,
+}
+
+/// Applies `messages` (in the order received) for consumer group `group` in
+/// one transaction.
+pub async fn apply(
+    pool: &PgPool,
+    group: &str,
+    messages: &[Message],
+    mode: Mode,
+) -> Result<Outcome, BatchError> {
+    let mut outcome = Outcome::default();
+    for m in messages {
+        let next = outcome
+            .next_offsets
+            .entry((m.topic.clone(), m.partition))
+            .or_insert(0);
+        *next = (*next).max(m.offset + 1);
+    }
+    let (topics, partitions): (Vec<String>, Vec<i32>) =
+        outcome.next_offsets.keys().cloned().unzip();
+
+    let mut tx = pool.begin().await?;
+    // Create missing rows, then lock all of the batch's rows in key order.
+    sqlx::query!(
+        "INSERT INTO projector_offsets (consumer_group, topic, partition, next_offset)
+         SELECT $1, t, p, 0 FROM UNNEST($2::text[], $3::int[]) AS u(t, p)
+         ON CONFLICT DO NOTHING",
+        group,
+        &topics,
+        &partitions
+    )
+    .execute(&mut *tx)
+    .await?;
+    let stored: HashMap<(String, i32), i64> = sqlx::query!(
+        r#"SELECT topic, partition, next_offset FROM projector_offsets
+            WHERE consumer_group = $1
+              AND (topic, partition) IN (SELECT * FROM UNNEST($2::text[], $3::int[]))
+            ORDER BY topic, partition
+              FOR UPDATE"#,
+        group,
+        &topics,
+        &partitions
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| ((r.topic, r.partition), r.next_offset))
+    .collect();
+
+    let fresh: Vec<&Message> = messages
+        .iter()
+        .filter(|m| {
+            stored
+                .get(&(m.topic.clone(), m.partition))
+                .is_none_or(|&next| m.offset >= next)
+        })
+        .collect();
+    outcome.already_applied = messages.len() - fresh.len();
+
+    let mut parked = parked_aggregates(&mut tx, group, &fresh).await?;
+    let mut summaries: BTreeMap<uuid::Uuid, OrderSummary> = BTreeMap::new();
+    let mut invalidations: BTreeMap<String, i64> = BTreeMap::new();
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    for message in fresh {
+        let aggregate = message.aggregate();
+        if let Some(a) = aggregate.as_ref().filter(|a| parked.contains(&key(a))) {
+            let error = format!(
+                "parked behind an earlier dead letter of {} {}",
+                a.aggregate_type, a.aggregate_id
+            );
+            park(&mut tx, group, message, "behind", &error).await?;
+            outcome.parked += 1;
+            continue;
+        }
+        match apply_one(&mut tx, message, mode).await? {
+            Ok(effect) => {
+                *counts.entry(message.topic.clone()).or_insert(0) += 1;
+                outcome.applied += 1;
+                if let Some(summary) = effect.summary {
+                    summaries.insert(summary.order_id, summary);
+                }
+                for i in effect.invalidations {
+                    let version = invalidations.entry(i.key).or_insert(i.version);
+                    *version = (*version).max(i.version);
+                }
+            }
+            Err(reason) => {
+                if mode == Mode::Strict {
+                    return Err(BatchError::Poison {
+                        topic: message.topic.clone(),
+                        partition: message.partition,
+                        offset: message.offset,
+                        reason,
+                    });
+                }
+                tracing::error!(
+                    topic = message.topic,
+                    partition = message.partition,
+                    offset = message.offset,
+                    error = reason,
+                    "event parked as a dead letter"
+                );
+                park(&mut tx, group, message, "failed", &reason).await?;
+                outcome.parked += 1;
+                if let Some(a) = &aggregate {
+                    parked.insert(key(a));
+                }
+            }
+        }
+    }
+
+    let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) = outcome
+        .next_offsets
+        .iter()
+        .map(|((t, p), o)| (t.clone(), *p, *o))
+        .fold(
+            (vec![], vec![], vec![]),
+            |(mut t, mut p, mut o), (a, b, c)| {
+                t.push(a);
+                p.push(b);
+                o.push(c);
+                (t, p, o)
+            },
+        );
+    sqlx::query!(
+        "UPDATE projector_offsets o
+            SET next_offset = GREATEST(o.next_offset, u.next_offset), updated_at = now()
+           FROM UNNEST($2::text[], $3::int[], $4::bigint[]) AS u(topic, partition, next_offset)
+          WHERE o.consumer_group = $1 AND o.topic = u.topic AND o.partition = u.partition",
+        group,
+        &topics,
+        &partitions,
+        &offsets
+    )
+    .execute(&mut *tx)
+    .await?;
+    let (count_topics, count_values): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
+    sqlx::query!(
+        "INSERT INTO projector_message_counts (consumer_group, topic, applied)
+         SELECT $1, t, n FROM UNNEST($2::text[], $3::bigint[]) AS u(t, n)
+         ON CONFLICT (consumer_group, topic)
+         DO UPDATE SET applied = projector_message_counts.applied + EXCLUDED.applied",
+        group,
+        &count_topics,
+        &count_values
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    outcome.summaries = summaries.into_values().collect();
+    outcome.invalidations = invalidations
+        .into_iter()
+        .map(|(key, version)| Invalidation { key, version })
+        .collect();
+    Ok(outcome)
+}
+
+fn key(a: &AggregateRef) -> (String, String) {
+    (a.aggregate_type.clone(), a.aggregate_id.clone())
+}
+
+/// Aggregates among `messages` that have a parked dead letter. The rows are
+/// locked (shared) so that `dlq retry`/`skip`, which lock them exclusively,
+/// either finish first (and this batch applies normally) or wait for it.
+async fn parked_aggregates(
+    conn: &mut PgConnection,
+    group: &str,
+    messages: &[&Message],
+) -> Result<HashSet<(String, String)>, sqlx::Error> {
+    let ids: Vec<String> = messages
+        .iter()
+        .filter_map(|m| m.aggregate().map(|a| a.aggregate_id))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let rows = sqlx::query!(
+        r#"SELECT aggregate_type AS "aggregate_type!", aggregate_id AS "aggregate_id!"
+             FROM projector_dead_letters
+            WHERE consumer_group = $1 AND aggregate_id = ANY($2) AND aggregate_type IS NOT NULL
+              FOR SHARE"#,
+        group,
+        &ids
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.aggregate_type, r.aggregate_id))
+        .collect())
+}
+
+/// Decodes and applies one message. The outer error is transient (abort the
+/// batch); the inner one is the event's own fault (park it, or fail a strict
+/// batch). In [`Mode::Isolate`] the event runs in a savepoint, so its failure
+/// leaves the rest of the transaction intact.
+pub(crate) async fn apply_one(
+    conn: &mut PgConnection,
+    message: &Message,
+    mode: Mode,
+) -> Result<Result<store::Effect, String>, BatchError> {
+    let event = match message.decode() {
+        Ok(event) => event,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let result = match mode {
+        Mode::Strict => store::apply_event(conn, &event).await,
+        Mode::Isolate => {
+            let mut savepoint = conn.begin().await?;
+            let result = store::apply_event(&mut savepoint, &event).await;
+            if result.is_ok() {
+                savepoint.commit().await?;
+            } else {
+                savepoint.rollback().await?;
+            }
+            result
+        }
+    };
+    match result {
+        Ok(effect) => Ok(Ok(effect)),
+        Err(ApplyError::Database(error)) if is_transient(&error) => {
+            Err(BatchError::Unavailable(error))
+        }
+        Err(error) => Ok(Err(error.to_string())),
+    }
+}
+
+/// Stores `message` as a dead letter.
+pub(crate) async fn park(
+    conn: &mut PgConnection,
+    group: &str,
+    message: &Message,
+    reason: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let aggregate = message.aggregate();
+    sqlx::query!(
+        "INSERT INTO projector_dead_letters
+             (consumer_group, topic, partition, kafka_offset, aggregate_type, aggregate_id,
+              sequence, headers, payload, reason, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        group,
+        message.topic,
+        message.partition,
+        message.offset,
+        aggregate.as_ref().map(|a| a.aggregate_type.as_str()),
+        aggregate.as_ref().map(|a| a.aggregate_id.as_str()),
+        aggregate.as_ref().map(|a| a.sequence),
+        message.headers_json(),
+        message.payload.as_deref(),
+        reason,
+        error
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

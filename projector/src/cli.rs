@@ -1,0 +1,124 @@
+//! The `projector` command line: run the service (no arguments), or act on
+//! dead letters with the same code the admin HTTP API uses.
+//!
+//! ```text
+//! projector                     consume and serve /health, /metrics, /admin
+//! projector dlq list            parked letters, oldest first
+//! projector dlq retry <id>      apply its aggregate's letters again, oldest first
+//! projector dlq skip <id>       drop the oldest letter of an aggregate, apply the rest
+//! ```
+
+use std::time::Duration;
+
+use service_runtime::shutdown::{cancel_on_signal, CancellationToken};
+
+use crate::config::Config;
+use crate::dead_letters::{DeadLetterDesk, Resolution};
+use crate::redis_sink::RedisSink;
+use crate::startup::Application;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    DeadLetterList,
+    DeadLetterRetry(i64),
+    DeadLetterSkip(i64),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}\nusage: projector [dlq list | dlq retry <id> | dlq skip <id>]")]
+pub struct UsageError(String);
+
+impl Command {
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, UsageError> {
+        let args: Vec<String> = args.into_iter().collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let id = |text: &str| {
+            text.parse::<i64>()
+                .map_err(|_| UsageError(format!("not a dead-letter id: {text:?}")))
+        };
+        match args.as_slice() {
+            [] | ["serve"] => Ok(Self::Serve),
+            ["dlq", "list"] => Ok(Self::DeadLetterList),
+            ["dlq", "retry", n] => Ok(Self::DeadLetterRetry(id(n)?)),
+            ["dlq", "skip", n] => Ok(Self::DeadLetterSkip(id(n)?)),
+            other => Err(UsageError(format!("unknown command {other:?}"))),
+        }
+    }
+}
+
+/// Runs `command` with `config`; the edge of the program, hence anyhow.
+pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    if command == Command::Serve {
+        let app = Application::build(config).await?;
+        tracing::info!(port = app.port(), "projector HTTP endpoint listening");
+        let shutdown = CancellationToken::new();
+        cancel_on_signal(shutdown.clone());
+        app.run_until_stopped(shutdown).await?;
+        return Ok(());
+    }
+    let pool = service_runtime::postgres::pool_options(1, Duration::from_secs(10))
+        .connect(&config.database_url)
+        .await?;
+    let redis = redis::Client::open(config.redis_url.as_str())?;
+    let desk = DeadLetterDesk {
+        pool,
+        redis: RedisSink::new(redis::aio::ConnectionManager::new(redis).await?),
+        group: config.group_id,
+    };
+    match command {
+        Command::Serve => {}
+        Command::DeadLetterList => {
+            let letters = desk.list().await?;
+            println!("id\ttopic/partition@offset\taggregate\tsequence\treason\terror");
+            for l in &letters {
+                println!(
+                    "{}\t{}/{}@{}\t{} {}\t{}\t{}\t{}",
+                    l.id,
+                    l.topic,
+                    l.partition,
+                    l.kafka_offset,
+                    l.aggregate_type.as_deref().unwrap_or("?"),
+                    l.aggregate_id.as_deref().unwrap_or("?"),
+                    l.sequence.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                    l.reason,
+                    l.error
+                );
+            }
+            println!("{} dead letter(s)", letters.len());
+        }
+        Command::DeadLetterRetry(id) => print_resolution(&desk.retry(id).await?),
+        Command::DeadLetterSkip(id) => print_resolution(&desk.skip(id).await?),
+    }
+    Ok(())
+}
+
+fn print_resolution(r: &Resolution) {
+    if let Some(id) = r.skipped {
+        println!("skipped {id}");
+    }
+    println!("applied {:?}; still parked: {}", r.applied, r.still_parked);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, UsageError> {
+        Command::parse(args.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn parses_each_command_and_rejects_the_rest() {
+        assert_eq!(parse(&[]), Ok(Command::Serve));
+        assert_eq!(parse(&["dlq", "list"]), Ok(Command::DeadLetterList));
+        assert_eq!(
+            parse(&["dlq", "retry", "7"]),
+            Ok(Command::DeadLetterRetry(7))
+        );
+        assert_eq!(parse(&["dlq", "skip", "8"]), Ok(Command::DeadLetterSkip(8)));
+        assert!(parse(&["dlq", "skip", "x"]).is_err());
+        assert!(parse(&["dlq"]).is_err());
+        assert!(parse(&["rebuild"]).is_err());
+    }
+}

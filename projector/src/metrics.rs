@@ -1,0 +1,199 @@
+//! Prometheus metrics of the projector, served at `GET /metrics`.
+
+use actix_web::{web, HttpResponse};
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Everything `/metrics` reports; cloned into the consume loop.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub applied: IntCounter,
+    pub already_applied: IntCounter,
+    pub parked: IntCounter,
+    pub failed_batches: IntCounter,
+    pub batch_seconds: Histogram,
+    /// Per `topic`/`partition`: messages in the partition not yet applied.
+    pub lag_events: IntGaugeVec,
+    /// Per `topic`/`partition`: age of the oldest unapplied message (0 when
+    /// caught up), measured at the end of each batch.
+    pub lag_seconds: GaugeVec,
+    dead_letters: IntGauge,
+}
+
+impl Metrics {
+    /// A fresh registry per application, so several instances in one process
+    /// (tests) do not collide.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let metrics = Self {
+            applied: IntCounter::new(
+                "projector_applied_events_total",
+                "Messages applied to the read models (replays included)",
+            )?,
+            already_applied: IntCounter::new(
+                "projector_already_applied_total",
+                "Messages dropped because the group's stored offset was past them",
+            )?,
+            parked: IntCounter::new(
+                "projector_parked_events_total",
+                "Messages parked as dead letters",
+            )?,
+            failed_batches: IntCounter::new(
+                "projector_failed_batches_total",
+                "Batch transactions that failed and were retried",
+            )?,
+            batch_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "projector_batch_seconds",
+                    "Time to apply and commit one batch",
+                )
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 14)?),
+            )?,
+            lag_events: IntGaugeVec::new(
+                Opts::new(
+                    "projector_lag_events",
+                    "Messages in the partition not yet applied",
+                ),
+                &["topic", "partition"],
+            )?,
+            lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "projector_lag_seconds",
+                    "Age of the oldest unapplied message in the partition",
+                ),
+                &["topic", "partition"],
+            )?,
+            dead_letters: IntGauge::new(
+                "projector_dead_letters",
+                "Parked dead letters of this consumer group",
+            )?,
+            registry,
+        };
+        metrics
+            .registry
+            .register(Box::new(metrics.applied.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.already_applied.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.parked.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.failed_batches.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.batch_seconds.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.lag_events.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.lag_seconds.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.dead_letters.clone()))?;
+        Ok(metrics)
+    }
+}
+
+/// The consumer group whose dead letters `/metrics` counts.
+pub struct Group(pub String);
+
+/// `GET /metrics` in the Prometheus text format.
+pub async fn metrics(
+    metrics: web::Data<Metrics>,
+    pool: web::Data<PgPool>,
+    group: web::Data<Group>,
+) -> HttpResponse {
+    match sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM projector_dead_letters WHERE consumer_group = $1"#,
+        group.0
+    )
+    .fetch_one(pool.get_ref())
+    .await
+    {
+        Ok(count) => metrics.dead_letters.set(count),
+        // A stale gauge is better than no metrics at all.
+        Err(error) => tracing::warn!(%error, "cannot count dead letters"),
+    }
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&metrics.registry.gather(), &mut body) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(body),
+        Err(error) => HttpResponse::InternalServerError().body(error.to_string()),
+    }
+}
+
+/// Per-partition lag: the high watermark comes from librdkafka's statistics
+/// (every `statistics.interval.ms`, no extra round trip), the applied offset
+/// from committed batches. Recomputed on both, so lag keeps growing while
+/// the projector is stuck (e.g. Postgres down) and the broker keeps filling.
+#[derive(Clone)]
+pub struct LagTracker {
+    metrics: Metrics,
+    partitions: Arc<Mutex<HashMap<(String, i32), PartitionLag>>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PartitionLag {
+    high: Option<i64>,
+    next: Option<i64>,
+    /// Broker timestamp of the newest applied message (ms since the epoch).
+    last_applied_ms: Option<i64>,
+}
+
+impl LagTracker {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            partitions: Arc::default(),
+        }
+    }
+
+    /// The partition's high watermark as the broker last reported it.
+    pub fn observe_high(&self, topic: &str, partition: i32, high: i64) {
+        self.update(topic, partition, |p| p.high = Some(high));
+    }
+
+    /// A batch committed: `next` is the partition's next offset to apply.
+    pub fn applied(&self, topic: &str, partition: i32, next: i64, newest_ms: Option<i64>) {
+        self.update(topic, partition, |p| {
+            p.next = Some(p.next.map_or(next, |n| n.max(next)));
+            p.last_applied_ms = newest_ms.or(p.last_applied_ms);
+        });
+    }
+
+    fn update(&self, topic: &str, partition: i32, change: impl FnOnce(&mut PartitionLag)) {
+        let state = {
+            let Ok(mut partitions) = self.partitions.lock() else {
+                return;
+            };
+            let entry = partitions.entry((topic.to_owned(), partition)).or_default();
+            change(entry);
+            *entry
+        };
+        let (Some(high), Some(next)) = (state.high, state.next) else {
+            return;
+        };
+        let lag = (high - next).max(0);
+        let labels = [topic, &partition.to_string()];
+        self.metrics.lag_events.with_label_values(&labels).set(lag);
+        // The oldest unapplied message is at least as old as the newest
+        // applied one; with nothing pending the age is 0.
+        let age = match state.last_applied_ms {
+            Some(ms) if lag > 0 => {
+                (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0
+            }
+            _ => 0.0,
+        };
+        self.metrics.lag_seconds.with_label_values(&labels).set(age);
+    }
+}
