@@ -373,8 +373,8 @@ pub async fn maintain_once(
         .iter()
         .filter_map(|name| Month::from_partition_name(name))
         .collect();
-    // Current and ahead first: a month that keeps failing to adopt must not
-    // keep the partitions being written from existing.
+    // Current and ahead first, so that a straggler month whose adoption keeps
+    // failing cannot hold back the partitions the projector is writing to.
     let missing = ahead.difference(&existing).chain(
         stragglers
             .difference(&existing)
@@ -397,9 +397,9 @@ pub async fn maintain_once(
     Ok(report)
 }
 
-/// Runs [`maintain_once`] now and then every `settings.interval` until
-/// `shutdown`; a failed run is retried with backoff (at most every
-/// five minutes, never later than the next regular run).
+/// Runs [`maintain_once`] now and then every `settings.interval` (at least
+/// 1 s) until `shutdown`. A failed run is retried after 1 s, doubling up to
+/// five minutes or the interval, whichever is shorter.
 pub async fn run_maintenance(
     pool: PgPool,
     settings: MaintenanceSettings,

@@ -210,58 +210,6 @@ async fn an_order_is_placed_confirmed_and_read_back_from_redis_and_the_replica()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_history_query_prunes_to_the_requested_months() {
-    let pool = PgPoolOptions::new()
-        .connect(&stack().replica_url)
-        .await
-        .unwrap();
-    // Make sure several monthly partitions exist (the projector creates the
-    // current one; these stand in for older months).
-    let primary = PgPoolOptions::new()
-        .connect(&stack().primary_url)
-        .await
-        .unwrap();
-    for (name, from, to) in [
-        (
-            "customer_order_history_p2020_01",
-            "2020-01-01",
-            "2020-02-01",
-        ),
-        (
-            "customer_order_history_p2020_02",
-            "2020-02-01",
-            "2020-03-01",
-        ),
-    ] {
-        sqlx::raw_sql(&format!(
-            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF customer_order_history \
-             FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')"
-        ))
-        .execute(&primary)
-        .await
-        .unwrap();
-    }
-    let plan: Vec<String> = eventually("partitions replicated", CONSISTENCY, || async {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "EXPLAIN SELECT * FROM customer_order_history \
-              WHERE customer_id = '00000000-0000-0000-0000-000000000001' \
-                AND occurred_at >= '2020-01-05T00:00:00Z' AND occurred_at < '2020-01-20T00:00:00Z'",
-        )
-        .fetch_all(&pool)
-        .await
-        .ok()?;
-        rows.iter().any(|l| l.contains("p2020_01")).then_some(rows)
-    })
-    .await;
-    let text = plan.join("\n");
-    assert!(!text.contains("p2020_02"), "February scanned:\n{text}");
-    assert!(
-        !text.contains(&format!("p{}", chrono::Utc::now().format("%Y_%m"))),
-        "{text}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_kafka_keyed_by_aggregate_in_order_with_metadata_headers() {
     let product = create_product(&sku(), 100).await;
     accepted(
