@@ -9,7 +9,11 @@
 //!   order, so two instances cannot deadlock), and messages below the stored
 //!   offset are dropped as already applied;
 //! - aggregates with a parked dead letter get their later events parked
-//!   behind it, so per-aggregate order holds while others keep flowing.
+//!   behind it, so per-aggregate order holds while others keep flowing;
+//! - the `projections` rows are key-share locked, so a rebuild's swap (which
+//!   locks them for update) happens between two batches, never inside one;
+//!   events of a projection that is not 'live' yet are acknowledged unapplied
+//!   (its rebuild reads them from the event store).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -17,6 +21,7 @@ use schema::envelope::{AnyEvent, EventHeaders};
 use schema::views::{Invalidation, OrderSummary};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::projections::Projection;
 use crate::store::{self, is_transient, ApplyError, StreamEvent};
 
 /// A Kafka message as the projector keeps it: owned, and storable as a dead
@@ -194,6 +199,7 @@ pub async fn apply(
         .collect();
     outcome.already_applied = messages.len() - fresh.len();
 
+    let live = live_projections(&mut tx).await?;
     let mut parked = parked_aggregates(&mut tx, group, &fresh).await?;
     let mut summaries: BTreeMap<uuid::Uuid, OrderSummary> = BTreeMap::new();
     let mut invalidations: BTreeMap<String, i64> = BTreeMap::new();
@@ -207,6 +213,15 @@ pub async fn apply(
             );
             park(&mut tx, group, message, "behind", &error).await?;
             outcome.parked += 1;
+            continue;
+        }
+        let gated = aggregate
+            .as_ref()
+            .and_then(|a| Projection::fed_by(&a.aggregate_type))
+            .is_some_and(|p| !live.contains(&p));
+        if gated {
+            *counts.entry(message.topic.clone()).or_insert(0) += 1;
+            outcome.applied += 1;
             continue;
         }
         match apply_one(&mut tx, message, mode).await? {
@@ -291,6 +306,19 @@ pub async fn apply(
         .map(|(key, version)| Invalidation { key, version })
         .collect();
     Ok(outcome)
+}
+
+/// The projections in state 'live'. Every row is locked (key share), live
+/// or not, so that a swap turning one live waits for this batch.
+async fn live_projections(conn: &mut PgConnection) -> Result<HashSet<Projection>, sqlx::Error> {
+    let rows = sqlx::query!("SELECT name, state FROM projections ORDER BY name FOR KEY SHARE")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.state == "live")
+        .filter_map(|r| r.name.parse().ok())
+        .collect())
 }
 
 fn key(a: &AggregateRef) -> (String, String) {

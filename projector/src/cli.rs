@@ -6,14 +6,17 @@
 //! projector dlq list            parked letters, oldest first
 //! projector dlq retry <id>      apply its aggregate's letters again, oldest first
 //! projector dlq skip <id>       drop the oldest letter of an aggregate, apply the rest
+//! projector rebuild <name>      rebuild a projection (catalog, orders) from the event
+//!                               store beside the live one, then swap it in
 //! ```
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use service_runtime::shutdown::{cancel_on_signal, CancellationToken};
 
 use crate::config::Config;
 use crate::dead_letters::{DeadLetterDesk, Resolution};
+use crate::projections::Projection;
 use crate::redis_sink::RedisSink;
 use crate::startup::Application;
 
@@ -23,10 +26,13 @@ pub enum Command {
     DeadLetterList,
     DeadLetterRetry(i64),
     DeadLetterSkip(i64),
+    Rebuild(Projection),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}\nusage: projector [dlq list | dlq retry <id> | dlq skip <id>]")]
+#[error(
+    "{0}\nusage: projector [dlq list | dlq retry <id> | dlq skip <id> | rebuild <catalog|orders>]"
+)]
 pub struct UsageError(String);
 
 impl Command {
@@ -42,6 +48,10 @@ impl Command {
             ["dlq", "list"] => Ok(Self::DeadLetterList),
             ["dlq", "retry", n] => Ok(Self::DeadLetterRetry(id(n)?)),
             ["dlq", "skip", n] => Ok(Self::DeadLetterSkip(id(n)?)),
+            ["rebuild", name] => name
+                .parse()
+                .map(Self::Rebuild)
+                .map_err(|e: crate::projections::UnknownProjection| UsageError(e.to_string())),
             other => Err(UsageError(format!("unknown command {other:?}"))),
         }
     }
@@ -57,7 +67,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         app.run_until_stopped(shutdown).await?;
         return Ok(());
     }
-    let pool = service_runtime::postgres::pool_options(1, Duration::from_secs(10))
+    let pool = service_runtime::postgres::pool_options(2, Duration::from_secs(10))
         .connect(&config.database_url)
         .await?;
     let redis = redis::Client::open(config.redis_url.as_str())?;
@@ -89,6 +99,28 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::DeadLetterRetry(id) => print_resolution(&desk.retry(id).await?),
         Command::DeadLetterSkip(id) => print_resolution(&desk.skip(id).await?),
+        Command::Rebuild(projection) => {
+            let mut shown = Instant::now();
+            // A test seam, see `rebuild`; unset in production.
+            let pause = Duration::from_millis(service_runtime::config::optional(
+                "REBUILD_PAUSE_BEFORE_SWAP_MS",
+                0,
+            )?);
+            let done = crate::rebuild::rebuild(&desk.pool, projection, pause, |progress| {
+                if shown.elapsed() >= Duration::from_secs(1) {
+                    eprintln!("rebuild {projection}: {progress}");
+                    shown = Instant::now();
+                }
+            })
+            .await?;
+            println!("rebuild {projection}: swapped in; {done}");
+            if projection == Projection::Orders {
+                // Redis holds copies of the old model: drop them (a cache
+                // miss reads the new tables) rather than overwrite them.
+                let forgotten = desk.redis.forget_order_summaries().await?;
+                println!("rebuild {projection}: {forgotten} order summaries removed from Redis");
+            }
+        }
     }
     Ok(())
 }
@@ -119,6 +151,11 @@ mod tests {
         assert_eq!(parse(&["dlq", "skip", "8"]), Ok(Command::DeadLetterSkip(8)));
         assert!(parse(&["dlq", "skip", "x"]).is_err());
         assert!(parse(&["dlq"]).is_err());
+        assert_eq!(
+            parse(&["rebuild", "orders"]),
+            Ok(Command::Rebuild(Projection::Orders))
+        );
         assert!(parse(&["rebuild"]).is_err());
+        assert!(parse(&["rebuild", "invoices"]).is_err());
     }
 }

@@ -27,6 +27,9 @@ pub struct Config {
     pub batch_size: usize,
     /// `PROJECTOR_BATCH_TIMEOUT_MS`: longest wait to fill a batch once it has one message.
     pub batch_timeout: Duration,
+    /// `PROJECTOR_SESSION_TIMEOUT_MS`: how long the group waits for a silent
+    /// member (e.g. kill -9) before giving its partitions to the others.
+    pub session_timeout: Duration,
     /// `PROJECTOR_MAX_ATTEMPTS`: tries of a failing batch (with backoff)
     /// before its failing events are parked as dead letters.
     pub max_attempts: u32,
@@ -45,6 +48,10 @@ impl Config {
             group_id: optional("PROJECTOR_GROUP_ID", "projector".to_owned())?,
             batch_size: optional("PROJECTOR_BATCH_SIZE", 500)?,
             batch_timeout: Duration::from_millis(optional("PROJECTOR_BATCH_TIMEOUT_MS", 50)?),
+            session_timeout: Duration::from_millis(optional(
+                "PROJECTOR_SESSION_TIMEOUT_MS",
+                10_000,
+            )?),
             max_attempts: optional("PROJECTOR_MAX_ATTEMPTS", 5)?,
             partitions: MaintenanceSettings {
                 ahead_months: optional("PARTITIONS_AHEAD_MONTHS", 3)?,

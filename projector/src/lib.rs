@@ -10,6 +10,8 @@ pub mod dead_letters;
 pub mod metrics;
 pub mod order_summary;
 pub mod partitions;
+pub mod projections;
+pub mod rebuild;
 pub mod redis_sink;
 pub mod startup;
 pub mod store;

@@ -24,6 +24,12 @@ pub struct Metrics {
     /// caught up), measured at the end of each batch.
     pub lag_seconds: GaugeVec,
     dead_letters: IntGauge,
+    /// Per projection: events replayed by the running (or last) rebuild.
+    rebuild_done: IntGaugeVec,
+    /// Per projection: events to replay, as counted when the rebuild started.
+    rebuild_total: IntGaugeVec,
+    /// Per projection: 1 while a rebuild runs.
+    rebuild_running: IntGaugeVec,
 }
 
 impl Metrics {
@@ -73,6 +79,27 @@ impl Metrics {
                 "projector_dead_letters",
                 "Parked dead letters of this consumer group",
             )?,
+            rebuild_done: IntGaugeVec::new(
+                Opts::new(
+                    "projector_rebuild_events_done",
+                    "Events replayed by the projection's running or last rebuild",
+                ),
+                &["projection"],
+            )?,
+            rebuild_total: IntGaugeVec::new(
+                Opts::new(
+                    "projector_rebuild_events_total",
+                    "Events the projection's rebuild has to replay (counted at its start)",
+                ),
+                &["projection"],
+            )?,
+            rebuild_running: IntGaugeVec::new(
+                Opts::new(
+                    "projector_rebuild_running",
+                    "1 while the projection is being rebuilt",
+                ),
+                &["projection"],
+            )?,
             registry,
         };
         metrics
@@ -99,6 +126,13 @@ impl Metrics {
         metrics
             .registry
             .register(Box::new(metrics.dead_letters.clone()))?;
+        for gauge in [
+            &metrics.rebuild_done,
+            &metrics.rebuild_total,
+            &metrics.rebuild_running,
+        ] {
+            metrics.registry.register(Box::new(gauge.clone()))?;
+        }
         Ok(metrics)
     }
 }
@@ -122,6 +156,35 @@ pub async fn metrics(
         Ok(count) => metrics.dead_letters.set(count),
         // A stale gauge is better than no metrics at all.
         Err(error) => tracing::warn!(%error, "cannot count dead letters"),
+    }
+    // Rebuilds run in another process (`projector rebuild`): their progress
+    // is read from the table they write it to.
+    match sqlx::query!(
+        r#"SELECT name, rebuild_done, rebuild_total,
+                  (rebuild_started_at IS NOT NULL AND rebuild_finished_at IS NULL) AS "running!"
+             FROM projections"#
+    )
+    .fetch_all(pool.get_ref())
+    .await
+    {
+        Ok(rows) => {
+            for row in rows {
+                let labels = [row.name.as_str()];
+                metrics
+                    .rebuild_done
+                    .with_label_values(&labels)
+                    .set(row.rebuild_done);
+                metrics
+                    .rebuild_total
+                    .with_label_values(&labels)
+                    .set(row.rebuild_total);
+                metrics
+                    .rebuild_running
+                    .with_label_values(&labels)
+                    .set(i64::from(row.running));
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot read rebuild progress"),
     }
     let mut body = Vec::new();
     match TextEncoder::new().encode(&metrics.registry.gather(), &mut body) {

@@ -77,4 +77,37 @@ impl RedisSink {
             .await?;
         Ok(())
     }
+
+    /// Deletes every order summary (after a rebuild of the orders
+    /// projection); returns how many. SCAN + UNLINK in pages, so Redis never
+    /// blocks on one big command. A summary the live projector writes
+    /// meanwhile may go too: it is a cache, and a miss reads Postgres.
+    pub async fn forget_order_summaries(&self) -> Result<u64, SinkError> {
+        let mut connection = self.connection.clone();
+        let pattern =
+            order_summary_key(uuid::Uuid::nil()).replace(&uuid::Uuid::nil().to_string(), "*");
+        let mut cursor: u64 = 0;
+        let mut forgotten = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            if !keys.is_empty() {
+                let removed: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut connection)
+                    .await?;
+                forgotten += removed;
+            }
+            if next == 0 {
+                return Ok(forgotten);
+            }
+            cursor = next;
+        }
+    }
 }

@@ -9,6 +9,8 @@
 //! binary exits, however it exits.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod read_models;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,6 +53,26 @@ impl Stack {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} {component} failed");
+    }
+
+    /// Sends `signal` to the primary's postmaster and all its children:
+    /// `STOP` freezes every open connection too, as a hung host would.
+    pub fn signal_primary(&self, signal: &str) {
+        let pidfile = self.dir.join("pg-primary").join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
+        let pid = pid.lines().next().unwrap_or_default().trim().to_owned();
+        // Children and postmaster; pkill fails harmlessly if there are none.
+        let _ = Command::new("pkill")
+            .arg(format!("-{signal}"))
+            .args(["-P", &pid])
+            .status();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(&pid)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} postgres primary failed");
     }
 }
 
@@ -305,6 +327,7 @@ fn run_services(
                         group_id: "projector".to_owned(),
                         batch_size: 500,
                         batch_timeout: Duration::from_millis(20),
+                        session_timeout: Duration::from_secs(6),
                         max_attempts: 3,
                         partitions: projector::partitions::MaintenanceSettings {
                             ahead_months: 3,
@@ -431,6 +454,7 @@ impl ProjectorProcess {
             .env("PROJECTOR_GROUP_ID", "projector")
             .env("PROJECTOR_BATCH_TIMEOUT_MS", "20")
             .env("PROJECTOR_MAX_ATTEMPTS", "3")
+            .env("PROJECTOR_SESSION_TIMEOUT_MS", "6000")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
