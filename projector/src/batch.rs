@@ -151,13 +151,13 @@ pub async fn apply(
     mode: Mode,
 ) -> Result<Outcome, BatchError> {
     let mut outcome = Outcome::default();
-    for m in messages {
-        let next = outcome
-            .next_offsets
-            .entry((m.topic.clone(), m.partition))
-            .or_insert(0);
-        *next = (*next).max(m.offset + 1);
+    let runs = partition_runs(messages);
+    for (key, run) in &runs {
+        if let Some(last) = run.last() {
+            outcome.next_offsets.insert(key.clone(), last.offset + 1);
+        }
     }
+    let in_runs: usize = runs.values().map(Vec::len).sum();
     let (topics, partitions): (Vec<String>, Vec<i32>) =
         outcome.next_offsets.keys().cloned().unzip();
 
@@ -189,15 +189,37 @@ pub async fn apply(
     .map(|r| ((r.topic, r.partition), r.next_offset))
     .collect();
 
-    let fresh: Vec<&Message> = messages
-        .iter()
+    let fresh: Vec<&Message> = runs
+        .values()
+        .flatten()
         .filter(|m| {
             stored
                 .get(&(m.topic.clone(), m.partition))
                 .is_none_or(|&next| m.offset >= next)
         })
+        .copied()
         .collect();
-    outcome.already_applied = messages.len() - fresh.len();
+    outcome.already_applied = messages.len() - in_runs + (in_runs - fresh.len());
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for ((topic, partition), next) in &outcome.next_offsets {
+            let offsets: Vec<i64> = runs
+                .get(&(topic.clone(), *partition))
+                .into_iter()
+                .flatten()
+                .map(|m| m.offset)
+                .collect();
+            tracing::debug!(
+                topic,
+                partition,
+                stored = stored.get(&(topic.clone(), *partition)),
+                first = offsets.first(),
+                last = offsets.last(),
+                messages = offsets.len(),
+                next,
+                "batch"
+            );
+        }
+    }
 
     let live = live_projections(&mut tx).await?;
     let mut parked = parked_aggregates(&mut tx, group, &fresh).await?;
@@ -321,6 +343,25 @@ async fn live_projections(conn: &mut PgConnection) -> Result<HashSet<Projection>
         .collect())
 }
 
+/// The batch's messages per partition, in strictly increasing offset order.
+///
+/// A rebalance or a seek while the batch was being collected can make the
+/// stream deliver a partition again from an earlier offset (duplicates, or
+/// messages older than ones already received). The latest delivery wins:
+/// a message at offset `o` replaces whatever the run held at `o` or later.
+/// Without this, a message delivered twice in one batch would be applied
+/// twice, and offsets could move past messages the batch never applied.
+fn partition_runs(messages: &[Message]) -> BTreeMap<(String, i32), Vec<&Message>> {
+    let mut runs: BTreeMap<(String, i32), Vec<&Message>> = BTreeMap::new();
+    for m in messages {
+        let run = runs.entry((m.topic.clone(), m.partition)).or_default();
+        let keep = run.partition_point(|earlier| earlier.offset < m.offset);
+        run.truncate(keep);
+        run.push(m);
+    }
+    runs
+}
+
 fn key(a: &AggregateRef) -> (String, String) {
     (a.aggregate_type.clone(), a.aggregate_id.clone())
 }
@@ -419,4 +460,58 @@ pub(crate) async fn park(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(partition: i32, offset: i64) -> Message {
+        Message {
+            topic: "t".to_owned(),
+            partition,
+            offset,
+            timestamp_ms: None,
+            headers: Vec::new(),
+            payload: None,
+        }
+    }
+
+    fn offsets(runs: &BTreeMap<(String, i32), Vec<&Message>>, partition: i32) -> Vec<i64> {
+        runs[&("t".to_owned(), partition)]
+            .iter()
+            .map(|m| m.offset)
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_delivered_again_from_an_earlier_offset_keeps_the_latest_delivery() {
+        let batch: Vec<Message> = [
+            (0, 600),
+            (0, 601),
+            (1, 7),
+            (0, 602),
+            (0, 539),
+            (0, 540),
+            (1, 8),
+            (1, 8),
+        ]
+        .into_iter()
+        .map(|(p, o)| message(p, o))
+        .collect();
+        let runs = partition_runs(&batch);
+        // 600..602 were delivered again from 539: only the new run counts,
+        // so the batch cannot end past the messages it holds.
+        assert_eq!(offsets(&runs, 0), vec![539, 540]);
+        assert_eq!(offsets(&runs, 1), vec![7, 8]);
+    }
+
+    #[test]
+    fn a_rewind_into_the_middle_keeps_the_earlier_part_of_the_run() {
+        let batch: Vec<Message> = [600, 601, 602, 603, 601, 602]
+            .into_iter()
+            .map(|o| message(0, o))
+            .collect();
+        assert_eq!(offsets(&partition_runs(&batch), 0), vec![600, 601, 602]);
+    }
 }

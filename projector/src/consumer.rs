@@ -23,6 +23,7 @@ use crate::batch::{self, BatchError, Message, Mode, Outcome};
 use crate::config::Config;
 use crate::metrics::{LagTracker, Metrics};
 use crate::redis_sink::RedisSink;
+use crate::start_check::{StartChecks, Verdict};
 
 /// Starts assigned partitions at the offsets stored in Postgres.
 /// Also feeds librdkafka's statistics (high watermarks) to the lag metrics.
@@ -31,6 +32,7 @@ pub struct OffsetsFromPostgres {
     group: String,
     runtime: tokio::runtime::Handle,
     lag: LagTracker,
+    starts: StartChecks,
 }
 
 impl ClientContext for OffsetsFromPostgres {
@@ -61,14 +63,19 @@ impl ConsumerContext for OffsetsFromPostgres {
         });
         match stored {
             Ok(stored) => {
+                let mut started = Vec::new();
                 for mut element in assigned.elements() {
                     let key = (element.topic().to_owned(), element.partition());
                     if let Some(&next) = stored.get(&key) {
-                        if let Err(error) = element.set_offset(Offset::Offset(next)) {
-                            tracing::warn!(%error, topic = key.0, partition = key.1, "cannot set start offset");
+                        match element.set_offset(Offset::Offset(next)) {
+                            Ok(()) => started.push((key, next)),
+                            Err(error) => {
+                                tracing::warn!(%error, topic = key.0, partition = key.1, "cannot set start offset");
+                            }
                         }
                     }
                 }
+                self.starts.started(started);
                 tracing::info!(
                     partitions = assigned.count(),
                     "partitions assigned; starting at stored offsets"
@@ -103,6 +110,7 @@ pub struct Projector {
     redis: RedisSink,
     metrics: Metrics,
     lag: LagTracker,
+    starts: StartChecks,
     group: String,
     batch_size: usize,
     batch_timeout: Duration,
@@ -119,11 +127,13 @@ impl Projector {
         metrics: Metrics,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let lag = LagTracker::new(metrics.clone());
+        let starts = StartChecks::default();
         let context = OffsetsFromPostgres {
             pool: pool.clone(),
             group: config.group_id.clone(),
             runtime: tokio::runtime::Handle::current(),
             lag: lag.clone(),
+            starts: starts.clone(),
         };
         let consumer: StreamConsumer<OffsetsFromPostgres> = config
             .topics
@@ -148,6 +158,7 @@ impl Projector {
             redis,
             metrics,
             lag,
+            starts,
             group: config.group_id.clone(),
             batch_size: config.batch_size.max(1),
             batch_timeout: config.batch_timeout,
@@ -184,7 +195,11 @@ impl Projector {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 received = self.consumer.recv() => match received {
-                    Ok(message) => break owned(message.detach()),
+                    Ok(message) => {
+                        if self.admit(&message) {
+                            break owned(message.detach());
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "kafka receive failed");
                         if sleep_or_shutdown(Duration::from_millis(200), shutdown).await {
@@ -198,7 +213,11 @@ impl Projector {
         let deadline = tokio::time::Instant::now() + self.batch_timeout;
         while batch.len() < self.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(owned(message.detach())),
+                Ok(Ok(message)) => {
+                    if self.admit(&message) {
+                        batch.push(owned(message.detach()));
+                    }
+                }
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "kafka receive failed");
                     break;
@@ -209,11 +228,44 @@ impl Projector {
         Some(batch)
     }
 
+    /// Whether `message` may go into a batch; if its partition started past
+    /// the stored offset, seeks it back instead (see [`crate::start_check`]).
+    fn admit(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        match self.starts.check(topic, partition, offset) {
+            Verdict::Admit => true,
+            Verdict::SeekTo(target) => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    first = offset,
+                    seek_to = target,
+                    "partition started past its stored offset; seeking back"
+                );
+                // seek waits for the fetcher (up to the timeout): off the
+                // async workers' fast path, like the rebalance callback.
+                let sought = tokio::task::block_in_place(|| {
+                    self.consumer.seek(
+                        topic,
+                        partition,
+                        Offset::Offset(target),
+                        Duration::from_secs(10),
+                    )
+                });
+                if let Err(error) = sought {
+                    tracing::error!(%error, topic, partition, "seek failed");
+                }
+                false
+            }
+        }
+    }
+
     /// Applies `batch` until it commits: transient failures are retried with
     /// backoff for as long as it takes; a batch that fails `max_attempts`
     /// times on an event's own fault is applied event by event, parking the
     /// events that fail.
     async fn process(&self, batch: &[Message], shutdown: &CancellationToken) {
+        self.record_batch_start(batch);
         let mut backoff = Backoff::default();
         let mut failures = 0;
         let outcome = loop {
@@ -272,6 +324,23 @@ impl Projector {
         }
         if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
             tracing::debug!(%error, "kafka offset commit failed (a hint only)");
+        }
+    }
+
+    fn record_batch_start(&self, batch: &[Message]) {
+        let mut partitions: HashMap<(&str, i32), (i64, Option<i64>)> = HashMap::new();
+        for m in batch {
+            let entry = partitions
+                .entry((m.topic.as_str(), m.partition))
+                .or_insert((0, None));
+            entry.0 = entry.0.max(m.offset + 1);
+            entry.1 = match (entry.1, m.timestamp_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        for ((topic, partition), (end, oldest)) in partitions {
+            self.lag.batch_started(topic, partition, end, oldest);
         }
     }
 

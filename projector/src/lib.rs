@@ -13,5 +13,6 @@ pub mod partitions;
 pub mod projections;
 pub mod rebuild;
 pub mod redis_sink;
+pub mod start_check;
 pub mod startup;
 pub mod store;

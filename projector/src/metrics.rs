@@ -207,10 +207,12 @@ pub struct LagTracker {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct PartitionLag {
+    /// Offset after the newest message known to exist.
     high: Option<i64>,
+    /// Next offset to apply.
     next: Option<i64>,
-    /// Broker timestamp of the newest applied message (ms since the epoch).
-    last_applied_ms: Option<i64>,
+    /// Broker timestamp (ms) of the oldest message known to be unapplied.
+    oldest_unapplied_ms: Option<i64>,
 }
 
 impl LagTracker {
@@ -223,14 +225,37 @@ impl LagTracker {
 
     /// The partition's high watermark as the broker last reported it.
     pub fn observe_high(&self, topic: &str, partition: i32, high: i64) {
-        self.update(topic, partition, |p| p.high = Some(high));
+        self.update(topic, partition, |p| {
+            p.high = Some(p.high.map_or(high, |h| h.max(high)));
+            // Messages that arrived while caught up: produced since the
+            // last report (statistics come every second).
+            if p.oldest_unapplied_ms.is_none() && p.next.is_some_and(|n| high > n) {
+                p.oldest_unapplied_ms = Some(chrono::Utc::now().timestamp_millis());
+            }
+        });
     }
 
-    /// A batch committed: `next` is the partition's next offset to apply.
+    /// A batch with messages of the partition up to `end` (exclusive), the
+    /// oldest stamped `oldest_ms`, is being applied: they are all unapplied
+    /// until it commits, however long that takes.
+    pub fn batch_started(&self, topic: &str, partition: i32, end: i64, oldest_ms: Option<i64>) {
+        self.update(topic, partition, |p| {
+            p.high = Some(p.high.map_or(end, |h| h.max(end)));
+            if let Some(ms) = oldest_ms {
+                p.oldest_unapplied_ms = Some(p.oldest_unapplied_ms.map_or(ms, |o| o.min(ms)));
+            }
+        });
+    }
+
+    /// A batch committed: `next` is the partition's next offset to apply and
+    /// `newest_ms` the stamp of its newest applied message.
     pub fn applied(&self, topic: &str, partition: i32, next: i64, newest_ms: Option<i64>) {
         self.update(topic, partition, |p| {
             p.next = Some(p.next.map_or(next, |n| n.max(next)));
-            p.last_applied_ms = newest_ms.or(p.last_applied_ms);
+            let pending = p.high.is_some_and(|h| h > next);
+            // What is still pending was produced after the newest applied
+            // message: its age is at most that message's.
+            p.oldest_unapplied_ms = if pending { newest_ms } else { None };
         });
     }
 
@@ -249,9 +274,7 @@ impl LagTracker {
         let lag = (high - next).max(0);
         let labels = [topic, &partition.to_string()];
         self.metrics.lag_events.with_label_values(&labels).set(lag);
-        // The oldest unapplied message is at least as old as the newest
-        // applied one; with nothing pending the age is 0.
-        let age = match state.last_applied_ms {
+        let age = match state.oldest_unapplied_ms {
             Some(ms) if lag > 0 => {
                 (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0
             }

@@ -455,7 +455,7 @@ impl ProjectorProcess {
             .env("PROJECTOR_BATCH_TIMEOUT_MS", "20")
             .env("PROJECTOR_MAX_ATTEMPTS", "3")
             .env("PROJECTOR_SESSION_TIMEOUT_MS", "6000")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,projector::batch=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

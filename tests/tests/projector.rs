@@ -359,3 +359,68 @@ async fn redis_refuses_a_summary_older_than_the_one_it_holds() {
         .unwrap();
     assert_eq!(version, 3);
 }
+
+/// Sum of `projector_lag_events` and max of `projector_lag_seconds` over the
+/// partitions of the stack's projector.
+async fn lag() -> (f64, f64) {
+    let text = reqwest::get(admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let values = |name: &str| -> Vec<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    (
+        values("projector_lag_events").iter().sum(),
+        values("projector_lag_seconds")
+            .into_iter()
+            .fold(0.0, f64::max),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_per_partition_grows_while_the_projector_is_stuck_and_clears_after() {
+    let pool = primary().await;
+    let client = reqwest::Client::new();
+    // Make sure every partition has been applied at least once, so the
+    // gauges exist, then wait for them to read zero.
+    for i in 0..8 {
+        e2e_tests::create_product(&client, &stack().command_url, &format!("Lag {i}")).await;
+    }
+    eventually(
+        "the projector is caught up",
+        Duration::from_secs(30),
+        || async { (lag().await == (0.0, 0.0)).then_some(()) },
+    )
+    .await;
+
+    // Holding the group's offset rows stalls every batch at its first statement.
+    let mut hold = pool.begin().await.unwrap();
+    sqlx::query("SELECT * FROM projector_offsets WHERE consumer_group = 'projector' FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        e2e_tests::create_product(&client, &stack().command_url, &format!("Stuck {i}")).await;
+    }
+    let (events, seconds) = eventually(
+        "/metrics shows the stalled messages and their age",
+        Duration::from_secs(20),
+        || async {
+            let (events, seconds) = lag().await;
+            (events >= 1.0 && seconds >= 2.0).then_some((events, seconds))
+        },
+    )
+    .await;
+    eprintln!("while stuck: lag {events} events, {seconds:.1} s");
+    hold.rollback().await.unwrap();
+    eventually("the lag clears", Duration::from_secs(30), || async {
+        (lag().await == (0.0, 0.0)).then_some(())
+    })
+    .await;
+}

@@ -137,13 +137,18 @@ struct Partition {
     messages: i64,
 }
 
-/// Every partition of each event topic.
-async fn messages_in_topics() -> BTreeMap<(String, i32), Partition> {
+/// Every partition of each event topic, and the identity (aggregate id,
+/// sequence) of every message in them.
+async fn messages_in_topics() -> (
+    BTreeMap<(String, i32), Partition>,
+    std::collections::HashMap<(String, i64), (String, i32, i64)>,
+) {
     let brokers = stack().brokers.clone();
     let prefix = stack().topic_prefix.clone();
     tokio::task::spawn_blocking(move || {
-        use rdkafka::message::Message;
+        use rdkafka::message::{Headers, Message};
         use rdkafka::{Offset, TopicPartitionList};
+        let mut identities = std::collections::HashMap::new();
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", format!("e2e-ends-{}", Uuid::new_v4()))
@@ -173,6 +178,19 @@ async fn messages_in_topics() -> BTreeMap<(String, i32), Partition> {
                         Some(Ok(message)) => {
                             seen.end = message.offset() + 1;
                             seen.messages += 1;
+                            let pairs = message.headers().map(|h| {
+                                h.iter()
+                                    .filter_map(|h| h.value.map(|v| (h.key, v)))
+                                    .collect::<Vec<_>>()
+                            });
+                            let headers = schema::envelope::EventHeaders::from_pairs(
+                                pairs.unwrap_or_default(),
+                            )
+                            .unwrap();
+                            identities.insert(
+                                (headers.aggregate_id, headers.sequence),
+                                (topic.clone(), partition.id(), message.offset()),
+                            );
                         }
                         Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                         Some(Err(error)) => panic!("reading {topic}: {error}"),
@@ -182,7 +200,7 @@ async fn messages_in_topics() -> BTreeMap<(String, i32), Partition> {
                 ends.insert((topic.clone(), partition.id()), seen);
             }
         }
-        ends
+        (ends, identities)
     })
     .await
     .unwrap()
@@ -191,7 +209,7 @@ async fn messages_in_topics() -> BTreeMap<(String, i32), Partition> {
 /// Whether the group has applied every message in the topics, by its stored
 /// offsets and by its counter.
 async fn caught_up(pool: &PgPool) -> Option<(i64, i64)> {
-    let partitions = messages_in_topics().await;
+    let (partitions, _) = messages_in_topics().await;
     let total: i64 = partitions.values().map(|p| p.messages).sum();
     let ends: BTreeMap<(String, i32), i64> =
         partitions.iter().map(|(k, p)| (k.clone(), p.end)).collect();
@@ -318,8 +336,49 @@ async fn killed_and_starved_projectors_lose_and_double_nothing() {
     .await;
     eprintln!("caught up {:?} after the last write", writes_over.elapsed());
 
+    // Jepsen-style first: is every committed event in Kafka at all? (If not,
+    // the relay or the broker lost it, not the projectors.)
+    let (_, in_kafka) = messages_in_topics().await;
+    let committed: Vec<(String, i64)> =
+        sqlx::query_as("SELECT aggregate_id, sequence FROM events ORDER BY position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let lost: Vec<&(String, i64)> = committed
+        .iter()
+        .filter(|e| !in_kafka.contains_key(*e))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} committed events are not in Kafka, e.g. {:?}",
+        lost.len(),
+        committed.len(),
+        &lost[..lost.len().min(5)]
+    );
     let folded = ReadModels::folded_from_event_store(&pool).await;
-    folded.assert_equal(&ReadModels::stored(&pool).await);
+    let stored = ReadModels::stored(&pool).await;
+    if folded != stored {
+        // Where the events the read models lack sit in Kafka, for the logs.
+        for (order, want) in folded
+            .orders
+            .iter()
+            .filter(|(id, v)| stored.orders.get(id) != Some(v))
+            .take(5)
+        {
+            let have = stored.orders.get(order);
+            let from = have
+                .and_then(|h| h.rsplit('|').next()?.parse::<i64>().ok())
+                .unwrap_or(0);
+            let want_version: i64 = want.rsplit('|').next().unwrap().parse().unwrap();
+            for sequence in from + 1..=want_version {
+                eprintln!(
+                    "order {order} event {sequence} not applied; in Kafka at {:?}",
+                    in_kafka.get(&(order.to_string(), sequence))
+                );
+            }
+        }
+    }
+    folded.assert_equal(&stored);
     let letters: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT topic, kafka_offset, error FROM projector_dead_letters ORDER BY id LIMIT 5",
     )
@@ -327,6 +386,16 @@ async fn killed_and_starved_projectors_lose_and_double_nothing() {
     .await
     .unwrap();
     assert!(letters.is_empty(), "no event is a dead letter: {letters:?}");
+    if applied != in_topics {
+        let (partitions, _) = messages_in_topics().await;
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT topic, applied FROM projector_message_counts WHERE consumer_group = 'projector'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        eprintln!("applied per topic: {counts:?}\nin the topics: {partitions:?}");
+    }
     assert_eq!(
         applied, in_topics,
         "messages applied (counted without any version check) vs messages in the topics"
