@@ -24,6 +24,9 @@ pub struct Metrics {
     /// caught up), measured at the end of each batch.
     pub lag_seconds: GaugeVec,
     dead_letters: IntGauge,
+    /// What the lag gauges are computed from (see [`LagTracker`]); the age
+    /// is recomputed at every scrape, so it grows while a batch is stuck.
+    lag_state: Arc<Mutex<HashMap<(String, i32), PartitionLag>>>,
     /// Per projection: events replayed by the running (or last) rebuild.
     rebuild_done: IntGaugeVec,
     /// Per projection: events to replay, as counted when the rebuild started.
@@ -100,6 +103,7 @@ impl Metrics {
                 ),
                 &["projection"],
             )?,
+            lag_state: Arc::default(),
             registry,
         };
         metrics
@@ -137,6 +141,35 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    fn set_lag(&self, topic: &str, partition: i32, state: PartitionLag) {
+        let (Some(high), Some(next)) = (state.high, state.next) else {
+            return;
+        };
+        let lag = (high - next).max(0);
+        let labels = [topic, &partition.to_string()];
+        self.lag_events.with_label_values(&labels).set(lag);
+        let age = match state.oldest_unapplied_ms {
+            Some(ms) if lag > 0 => {
+                (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0
+            }
+            _ => 0.0,
+        };
+        self.lag_seconds.with_label_values(&labels).set(age);
+    }
+
+    /// Recomputes every partition's lag gauges as of now.
+    fn refresh_lag(&self) {
+        let states: Vec<((String, i32), PartitionLag)> = match self.lag_state.lock() {
+            Ok(states) => states.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            Err(_) => return,
+        };
+        for ((topic, partition), state) in states {
+            self.set_lag(&topic, partition, state);
+        }
+    }
+}
+
 /// The consumer group whose dead letters `/metrics` counts.
 pub struct Group(pub String);
 
@@ -157,6 +190,7 @@ pub async fn metrics(
         // A stale gauge is better than no metrics at all.
         Err(error) => tracing::warn!(%error, "cannot count dead letters"),
     }
+    metrics.refresh_lag();
     // Rebuilds run in another process (`projector rebuild`): their progress
     // is read from the table they write it to.
     match sqlx::query!(
@@ -202,7 +236,6 @@ pub async fn metrics(
 #[derive(Clone)]
 pub struct LagTracker {
     metrics: Metrics,
-    partitions: Arc<Mutex<HashMap<(String, i32), PartitionLag>>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -217,10 +250,7 @@ struct PartitionLag {
 
 impl LagTracker {
     pub fn new(metrics: Metrics) -> Self {
-        Self {
-            metrics,
-            partitions: Arc::default(),
-        }
+        Self { metrics }
     }
 
     /// The partition's high watermark as the broker last reported it.
@@ -261,25 +291,13 @@ impl LagTracker {
 
     fn update(&self, topic: &str, partition: i32, change: impl FnOnce(&mut PartitionLag)) {
         let state = {
-            let Ok(mut partitions) = self.partitions.lock() else {
+            let Ok(mut partitions) = self.metrics.lag_state.lock() else {
                 return;
             };
             let entry = partitions.entry((topic.to_owned(), partition)).or_default();
             change(entry);
             *entry
         };
-        let (Some(high), Some(next)) = (state.high, state.next) else {
-            return;
-        };
-        let lag = (high - next).max(0);
-        let labels = [topic, &partition.to_string()];
-        self.metrics.lag_events.with_label_values(&labels).set(lag);
-        let age = match state.oldest_unapplied_ms {
-            Some(ms) if lag > 0 => {
-                (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0
-            }
-            _ => 0.0,
-        };
-        self.metrics.lag_seconds.with_label_values(&labels).set(age);
+        self.metrics.set_lag(topic, partition, state);
     }
 }
