@@ -7,10 +7,13 @@
 //! generated sections of `docs/BENCHMARKS.md`.
 
 pub mod append;
+pub mod catchup;
 pub mod machine;
 pub mod pgbench;
+pub mod procfs;
 pub mod relay;
 pub mod report;
 pub mod service;
+pub mod sql;
 pub mod stats;
 pub mod write_path;

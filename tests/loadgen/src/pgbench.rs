@@ -20,6 +20,8 @@ pub struct Baseline {
     /// Run once with psql before the first run (idempotent).
     pub setup: &'static str,
     pub script: &'static str,
+    /// Rows one transaction of `script` writes (rows/s = tps × this).
+    pub rows_per_transaction: u64,
 }
 
 /// One autocommitted single-row INSERT into a table shaped like `events`
@@ -34,6 +36,25 @@ pub const SINGLE_INSERT: Baseline = Baseline {
                 recorded_at timestamptz NOT NULL DEFAULT now())",
     script: "INSERT INTO bench_single_insert (aggregate_id, payload) \
              VALUES (:client_id, '{\"price\":{\"amount_minor\":101,\"currency\":\"EUR\"}}');\n",
+    rows_per_transaction: 1,
+};
+
+/// One transaction inserting 100 rows with one `INSERT … SELECT` into a table
+/// of the same shape: the cheapest way to write rows in bulk short of COPY,
+/// and what the projector's batch transactions are held against (a batch
+/// writes several hundred read-model rows in one transaction).
+pub const HUNDRED_ROW_INSERT: Baseline = Baseline {
+    name: "pgbench_100_row_insert",
+    setup: "CREATE TABLE IF NOT EXISTS bench_rows (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                aggregate_id text NOT NULL,
+                payload json NOT NULL,
+                recorded_at timestamptz NOT NULL DEFAULT now())",
+    script: "INSERT INTO bench_rows (aggregate_id, payload) \
+             SELECT (:client_id)::text || '-' || g, \
+                    '{\"price\":{\"amount_minor\":101,\"currency\":\"EUR\"}}' \
+               FROM generate_series(1, 100) AS g;\n",
+    rows_per_transaction: 100,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -94,13 +94,25 @@ pub async fn measure_drain(
 }
 
 /// The value of an unlabelled sample in the Prometheus text format.
-fn sample(text: &str, metric: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, metric: &str) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
             let (name, value) = line.split_once(' ')?;
             (name == metric).then(|| value.trim().parse().ok())?
         })
+}
+
+/// Every sample of a labelled metric: (the labels as written, value).
+pub(crate) fn labelled_samples(text: &str, metric: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            Some((labels.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -113,5 +125,18 @@ mod tests {
         assert_eq!(sample(text, "outbox_lag_events"), Some(42.0));
         assert_eq!(sample(text, "relay_published_events_total"), Some(1000.0));
         assert_eq!(sample(text, "outbox_lag"), None);
+    }
+
+    #[test]
+    fn reads_labelled_samples() {
+        let text = "# TYPE projector_lag_events gauge\nprojector_lag_events{partition=\"0\",topic=\"e.order\"} 12\nprojector_lag_events{partition=\"1\",topic=\"e.order\"} 0\nprojector_lag_events_other 5\n";
+        assert_eq!(
+            labelled_samples(text, "projector_lag_events"),
+            vec![
+                ("partition=\"0\",topic=\"e.order\"".to_owned(), 12.0),
+                ("partition=\"1\",topic=\"e.order\"".to_owned(), 0.0)
+            ]
+        );
+        assert_eq!(sample(text, "projector_lag_events"), None);
     }
 }

@@ -1,6 +1,7 @@
 //! `docs/BENCHMARKS.md`: generated sections between markers, so that the
 //! hand-written analysis around them survives a re-run.
 
+use crate::catchup::{Catchup, CatchupResults};
 use crate::stats::{median, Measurement};
 use crate::write_path::{WritePathResults, APPEND_RELAY_OFF};
 use crate::{append, pgbench};
@@ -64,24 +65,32 @@ pub fn write_path_verdicts(results: &WritePathResults) -> Vec<Verdict> {
             met: over <= 1.0,
         });
     }
-    let sustained = m
-        .iter()
-        .filter(|m| m.name == append::NAME)
-        .map(|m| m.clients)
-        .max()
-        .and_then(|c| series(m, append::NAME, c));
-    if let (Some(relay), Some(app)) = (
+    if let (Some(relay), Some((_, app))) = (
         median(results.drains.iter().map(|d| d.events_per_s)),
-        sustained,
+        sustained_append(m),
     ) {
-        let ratio = relay / app.ops_per_s;
+        let ratio = relay / app;
         verdicts.push(Verdict {
             target: "relay publish rate ≥ 3 × the sustained append rate",
-            measured: format!("{ratio:.1}× ({relay:.0} / {:.0} events/s)", app.ops_per_s),
+            measured: format!("{ratio:.1}× ({relay:.0} / {app:.0} events/s)"),
             met: ratio >= 3.0,
         });
     }
     verdicts
+}
+
+/// The sustained append rate of a write-path run: the median appends/s (relay
+/// running) at its largest client count, with that count.
+pub fn sustained_append(measurements: &[Measurement]) -> Option<(usize, f64)> {
+    let clients = measurements
+        .iter()
+        .filter(|m| m.name == append::NAME)
+        .map(|m| m.clients)
+        .max()?;
+    Some((
+        clients,
+        series(measurements, append::NAME, clients)?.ops_per_s,
+    ))
 }
 
 fn label(name: &str) -> &str {
@@ -174,6 +183,310 @@ pub fn render_write_path(results: &WritePathResults) -> String {
     out
 }
 
+/// The pgbench 100-row baseline the catch-up verdict uses: the fewest
+/// clients measured (1, like the projector's one batch transaction at a
+/// time), as (clients, median rows/s).
+fn catchup_baseline(results: &CatchupResults) -> Option<(usize, f64)> {
+    let name = pgbench::HUNDRED_ROW_INSERT.name;
+    let clients = results
+        .baselines
+        .iter()
+        .filter(|m| m.name == name)
+        .map(|m| m.clients)
+        .min()?;
+    let tps = series(&results.baselines, name, clients)?.ops_per_s;
+    Some((
+        clients,
+        tps * pgbench::HUNDRED_ROW_INSERT.rows_per_transaction as f64,
+    ))
+}
+
+/// The catch-up whose rate is the median (the lower one of an even count).
+pub fn median_catchup(results: &CatchupResults) -> Option<&Catchup> {
+    let mut runs: Vec<&Catchup> = results.catchups.iter().collect();
+    runs.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    runs.get(runs.len().checked_sub(1)? / 2).copied()
+}
+
+/// The catch-up targets: events/s ≥ 0.5 × pgbench 100-row-transaction rows/s
+/// (1 client) and ≥ 3 × the sustained append rate.
+pub fn catchup_verdicts(results: &CatchupResults) -> Vec<Verdict> {
+    let mut verdicts = Vec::new();
+    let Some(rate) = median(results.catchups.iter().map(|c| c.events_per_s)) else {
+        return verdicts;
+    };
+    if let Some((clients, rows)) = catchup_baseline(results) {
+        let ratio = rate / rows;
+        verdicts.push(Verdict {
+            target: "projector catch-up events/s ≥ 0.5 × pgbench 100-row-transaction rows/s",
+            measured: format!(
+                "{ratio:.2}× ({rate:.0} events/s / {rows:.0} rows/s at {clients} client{})",
+                if clients == 1 { "" } else { "s" }
+            ),
+            met: ratio >= 0.5,
+        });
+    }
+    if let Some(sustained) = &results.sustained_append {
+        let ratio = rate / sustained.ops_per_s;
+        verdicts.push(Verdict {
+            target: "projector catch-up events/s ≥ 3 × the sustained append rate",
+            measured: format!(
+                "{ratio:.2}× ({rate:.0} / {:.0} appends/s at {} clients, write-path run {})",
+                sustained.ops_per_s, sustained.clients, sustained.run_date
+            ),
+            met: ratio >= 3.0,
+        });
+    }
+    verdicts
+}
+
+/// Where the median catch-up's window went, in one sentence, from the
+/// counters alone (the hand-written analysis below the section says why).
+pub fn catchup_bottleneck(results: &CatchupResults) -> Option<String> {
+    let c = median_catchup(results)?;
+    let in_batches = c.batch_seconds / c.seconds;
+    let mut text = if in_batches >= 0.5 {
+        let per_event = c.statement_calls as f64 / c.applied_total.max(1) as f64;
+        let costliest = c
+            .statements
+            .first()
+            .map(|s| format!("; the costliest is `{}`", cell(&shorten(&s.query, 90))))
+            .unwrap_or_default();
+        format!(
+            "applying batches: {:.0} % of the window is inside the batch transactions, \
+             {per_event:.1} statements per event, each one round trip{costliest}",
+            100.0 * in_batches
+        )
+    } else {
+        format!(
+            "outside the batch transactions ({:.0} % of the window): fetching from the broker \
+             and the Redis writes after each commit",
+            100.0 * (1.0 - in_batches)
+        )
+    };
+    let cpus = results.machine.cpus.max(1) as f64;
+    let busy = c.cpu.machine_busy_cores;
+    if busy >= 0.9 * cpus {
+        text.push_str(&format!(
+            "; the machine was CPU-bound ({busy:.1} of {cpus:.0} cores busy)"
+        ));
+    } else if busy > 0.0 {
+        text.push_str(&format!(
+            "; the machine was not CPU-bound ({busy:.1} of {cpus:.0} cores busy)"
+        ));
+    }
+    Some(text)
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
+    }
+}
+
+/// Text safe inside a Markdown table cell and inline code.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('`', "'")
+}
+
+/// The projector-catchup section's body (without markers).
+pub fn render_catchup(results: &CatchupResults) -> String {
+    let machine = &results.machine;
+    let backlog = &results.backlog;
+    let plan = &backlog.plan;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Run {} at commit `{}`: {} CPUs ({}), {} GiB, Linux {}, PostgreSQL {}.\n\n",
+        machine.date,
+        machine.git_commit,
+        machine.cpus,
+        machine.cpu_model,
+        machine.memory_gib,
+        machine.kernel,
+        machine.postgres
+    ));
+    out.push_str(&format!(
+        "Command: `{}` ({} repetitions, pgbench and catch-up interleaved; medians over them). \
+         Projector settings: {}.\n\n",
+        results.command,
+        results.repetitions,
+        results
+            .settings
+            .iter()
+            .map(|(k, v)| format!("`{k}` {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let partitions = median_catchup(results).map_or(0, |c| c.partitions);
+    let history: Vec<String> = median_catchup(results)
+        .map(|c| {
+            c.history_by_partition
+                .iter()
+                .map(|(p, n)| format!("`{p}` {n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "Backlog: **{} events** in Kafka (topics `{}.order` and `{}.product`, {partitions} \
+         partitions, broker storage {}): {} products (created, then {} price changes each) and \
+         {} orders of {} customers with 1–3 lines each (60 % confirmed and shipped, 10 % \
+         confirmed then cancelled, 10 % cancelled while placed, 10 % given a line then \
+         confirmed, 10 % left placed), business time {} to {}. Written into `events` by one \
+         `INSERT … SELECT` in {:.1} s; published by the relay at {:.0} events/s. History rows \
+         per partition afterwards: {}.\n\n",
+        backlog.events,
+        backlog.topic_prefix,
+        backlog.topic_prefix,
+        backlog.broker_storage.as_deref().unwrap_or("unknown"),
+        plan.products,
+        plan.price_changes_per_product,
+        plan.orders,
+        plan.customers,
+        backlog.first_occurred_at,
+        backlog.last_occurred_at,
+        backlog.insert_seconds,
+        backlog.relay.events_per_s,
+        history.join(", ")
+    ));
+
+    out.push_str("| measurement | clients | rows or events/s | p50 ms | p99 ms | each run |\n");
+    out.push_str("|---|---:|---:|---:|---:|---|\n");
+    let name = pgbench::HUNDRED_ROW_INSERT.name;
+    let rows = pgbench::HUNDRED_ROW_INSERT.rows_per_transaction as f64;
+    let mut clients: Vec<usize> = results.baselines.iter().map(|m| m.clients).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    for c in clients {
+        let Some(s) = series(&results.baselines, name, c) else {
+            continue;
+        };
+        let runs: Vec<String> = results
+            .baselines
+            .iter()
+            .filter(|m| m.name == name && m.clients == c)
+            .map(|m| format!("{:.0}", m.ops_per_s * rows))
+            .collect();
+        out.push_str(&format!(
+            "| pgbench 100-row transactions (baseline) | {c} | {:.0} rows/s ({:.0} tx/s) | {:.2} | {:.2} | {} |\n",
+            s.ops_per_s * rows,
+            s.ops_per_s,
+            s.p50_ms,
+            s.p99_ms,
+            runs.join(", ")
+        ));
+    }
+    if let Some(rate) = median(results.catchups.iter().map(|c| c.events_per_s)) {
+        let runs: Vec<String> = results
+            .catchups
+            .iter()
+            .map(|c| {
+                format!(
+                    "{:.0} ({} events in {:.1} s)",
+                    c.events_per_s, c.events, c.seconds
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "| projector catch-up from the backlog | 1 (one batch transaction at a time) | {rate:.0} events/s | | | {} |\n",
+            runs.join(", ")
+        ));
+    }
+
+    if let Some(c) = median_catchup(results) {
+        let cores: Vec<String> = c
+            .cpu
+            .cores
+            .iter()
+            .map(|(name, cores)| format!("{name} {cores:.2}"))
+            .collect();
+        out.push_str(&format!(
+            "\nThe median repetition ({:.0} events/s, {:.1} s window):\n\n| | |\n|---|---|\n",
+            c.events_per_s, c.seconds
+        ));
+        out.push_str(&format!(
+            "| inside batch transactions (`projector_batch_seconds`) | {:.0} % of the window: {} batches, {:.0} events and {:.1} ms each |\n",
+            100.0 * c.batch_seconds / c.seconds,
+            c.batches,
+            c.events as f64 / c.batches.max(1) as f64,
+            1000.0 * c.batch_seconds / c.batches.max(1) as f64
+        ));
+        if c.statement_calls > 0 {
+            out.push_str(&format!(
+                "| Postgres statements (`pg_stat_statements`, whole projector run) | {:.2} per event; executing {:.0} % of the window |\n",
+                c.statement_calls as f64 / c.applied_total.max(1) as f64,
+                100.0 * c.statement_ms / 1000.0 / c.seconds
+            ));
+        }
+        let per_event = |calls: u64| calls as f64 / c.applied_total.max(1) as f64;
+        let redis: Vec<String> = c
+            .redis_calls
+            .iter()
+            .filter(|&(_, &calls)| per_event(calls) >= 0.001)
+            .map(|(command, &calls)| format!("{command} {:.3}", per_event(calls)))
+            .collect();
+        if !redis.is_empty() {
+            out.push_str(&format!(
+                "| Redis calls per event (`INFO commandstats`, whole projector run; after each commit, outside the batch transaction; commands inside a script count too) | {} |\n",
+                redis.join(", ")
+            ));
+        }
+        out.push_str(&format!(
+            "| CPU in the window, cores (of {}) | {}; whole machine {:.2} busy |\n",
+            machine.cpus,
+            cores.join(", "),
+            c.cpu.machine_busy_cores
+        ));
+        if let Some(kib) = c.peak_rss_kib {
+            out.push_str(&format!(
+                "| projector peak RSS (VmHWM) | {:.0} MiB |\n",
+                kib as f64 / 1024.0
+            ));
+        }
+        out.push_str(&format!(
+            "| start-up to the first applied batch (not measured) | {:.1} s |\n",
+            c.startup_seconds
+        ));
+        if !c.statements.is_empty() {
+            out.push_str(
+                "\n| costliest statements (median repetition) | calls per event | ms per call | share of statement time |\n|---|---:|---:|---:|\n",
+            );
+            for st in c.statements.iter().take(6) {
+                out.push_str(&format!(
+                    "| `{}` | {:.2} | {:.3} | {:.0} % |\n",
+                    cell(&shorten(&st.query, 110)),
+                    st.calls as f64 / c.applied_total.max(1) as f64,
+                    st.total_ms / st.calls.max(1) as f64,
+                    100.0 * st.total_ms / c.statement_ms.max(f64::MIN_POSITIVE)
+                ));
+            }
+        }
+    }
+
+    out.push_str("\n| target | measured | |\n|---|---|---|\n");
+    let verdicts = catchup_verdicts(results);
+    for v in &verdicts {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            v.target,
+            v.measured,
+            if v.met { "met" } else { "**missed**" }
+        ));
+    }
+    if results.sustained_append.is_none() {
+        out.push_str("| projector catch-up events/s ≥ 3 × the sustained append rate | no write-path results given | |\n");
+    }
+    if verdicts.iter().any(|v| !v.met) {
+        if let Some(bottleneck) = catchup_bottleneck(results) {
+            out.push_str(&format!(
+                "\nMissed. Where the window went (this run's counters): {bottleneck}.\n"
+            ));
+        }
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("docs/BENCHMARKS.md has no `<!-- {0}:begin -->` … `<!-- {0}:end -->` markers")]
 pub struct MissingMarkers(pub String);
@@ -255,6 +568,109 @@ mod tests {
         assert!(!verdicts[2].met, "10k / 5.5k = 1.8× must miss 3×");
         let table = render_write_path(&results([5_000.0, 5_500.0, 9_000.0], 10_000.0));
         assert!(table.contains("**missed**"), "{table}");
+    }
+
+    fn catchup(events_per_s: f64) -> Catchup {
+        Catchup {
+            name: crate::catchup::NAME.to_owned(),
+            group: "g".to_owned(),
+            events: (events_per_s * 10.0) as u64,
+            seconds: 10.0,
+            events_per_s,
+            applied_total: (events_per_s * 10.0) as u64 + 500,
+            startup_seconds: 1.0,
+            batches: 100,
+            batch_seconds: 9.0,
+            peak_rss_kib: Some(40 * 1024),
+            cpu: Default::default(),
+            partitions: 8,
+            statements: vec![crate::catchup::Statement {
+                query: "INSERT INTO a | b".to_owned(),
+                calls: 10,
+                total_ms: 5.0,
+                rows: 10,
+            }],
+            statement_calls: 33,
+            statement_ms: 10.0,
+            redis_calls: Default::default(),
+            read_models: Default::default(),
+            history_by_partition: Default::default(),
+        }
+    }
+
+    fn catchup_results(rates: &[f64], pgbench_tps: f64, sustained: f64) -> CatchupResults {
+        let plan = crate::catchup::BacklogPlan::for_events(1_000);
+        CatchupResults {
+            machine: Machine {
+                cpus: 2,
+                ..Machine::default()
+            },
+            command: "make bench".to_owned(),
+            repetitions: rates.len(),
+            settings: Default::default(),
+            backlog: crate::catchup::Backlog {
+                plan,
+                topic_prefix: "catchup-x".to_owned(),
+                inserted_by_type: plan.events_by_type(),
+                first_occurred_at: "a".to_owned(),
+                last_occurred_at: "b".to_owned(),
+                insert_seconds: 1.0,
+                history_partitions: vec![],
+                events: plan.events(),
+                relay: Drain {
+                    name: "relay_publish".to_owned(),
+                    events: 1,
+                    seconds: 1.0,
+                    events_per_s: 1.0,
+                },
+                relay_failed_batches: 0,
+                broker_storage: Some("memory".to_owned()),
+            },
+            baselines: vec![
+                measurement(pgbench::HUNDRED_ROW_INSERT.name, 1, pgbench_tps, 1.0),
+                measurement(pgbench::HUNDRED_ROW_INSERT.name, 4, pgbench_tps * 3.0, 2.0),
+            ],
+            catchups: rates.iter().map(|&r| catchup(r)).collect(),
+            sustained_append: Some(crate::catchup::SustainedAppend {
+                source: "write-path.json".to_owned(),
+                run_date: "today".to_owned(),
+                clients: 16,
+                ops_per_s: sustained,
+            }),
+        }
+    }
+
+    #[test]
+    fn catchup_targets_use_rows_per_second_at_one_client_and_the_sustained_rate() {
+        // 500 tx/s × 100 rows = 50k rows/s; median catch-up 30k events/s.
+        let results = catchup_results(&[20_000.0, 30_000.0, 40_000.0], 500.0, 9_000.0);
+        let verdicts = catchup_verdicts(&results);
+        assert_eq!(verdicts.len(), 2);
+        assert!(verdicts[0].measured.starts_with("0.60×"), "{verdicts:?}");
+        assert!(verdicts[0].met, "0.6 ≥ 0.5");
+        assert!(verdicts[1].measured.starts_with("3.33×"), "{verdicts:?}");
+        assert!(verdicts[1].met);
+        assert_eq!(
+            median_catchup(&results).map(|c| c.events_per_s),
+            Some(30_000.0)
+        );
+    }
+
+    #[test]
+    fn missed_catchup_targets_name_where_the_time_went() {
+        let results = catchup_results(&[2_000.0, 2_200.0, 1_900.0], 600.0, 4_000.0);
+        let verdicts = catchup_verdicts(&results);
+        assert!(verdicts.iter().all(|v| !v.met), "{verdicts:?}");
+        let section = render_catchup(&results);
+        assert!(section.contains("**missed**"), "{section}");
+        assert!(section.contains("60000 rows/s (600 tx/s)"), "{section}");
+        assert!(section.contains("| 2000 events/s |"), "{section}");
+        // 9 s of a 10 s window inside batches; pipes escaped in table cells.
+        assert!(
+            section.contains("90 % of the window is inside the batch"),
+            "{section}"
+        );
+        assert!(section.contains("INSERT INTO a \\| b"), "{section}");
     }
 
     #[test]

@@ -66,6 +66,16 @@ impl Service {
         Ok(service)
     }
 
+    /// The process id (None once it has been waited for).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     async fn wait_ready(&mut self, base_url: &str) -> Result<(), ServiceError> {
         let url = format!("{}/health/ready", base_url.trim_end_matches('/'));
         let timeout = Duration::from_secs(60);
