@@ -23,6 +23,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projections::Projection;
 use crate::store::{self, is_transient, ApplyError, StreamEvent};
+use crate::store_batch;
 
 /// A Kafka message as the projector keeps it: owned, and storable as a dead
 /// letter exactly as it arrived.
@@ -97,7 +98,8 @@ impl Message {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Fail the whole batch (it is retried with backoff): the fast path, one
-    /// transaction and no savepoints.
+    /// transaction, no savepoints, the events applied set-based
+    /// ([`store_batch`]).
     Strict,
     /// Apply each event in a savepoint and park the ones that fail: used once
     /// a batch has failed `max_attempts` times.
@@ -226,6 +228,8 @@ pub async fn apply(
     let mut summaries: BTreeMap<uuid::Uuid, OrderSummary> = BTreeMap::new();
     let mut invalidations: BTreeMap<String, i64> = BTreeMap::new();
     let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    // Strict mode collects the events and applies them set-based at the end.
+    let mut pending: Vec<(&Message, StreamEvent)> = Vec::new();
     for message in fresh {
         let aggregate = message.aggregate();
         if let Some(a) = aggregate.as_ref().filter(|a| parked.contains(&key(a))) {
@@ -246,6 +250,13 @@ pub async fn apply(
             outcome.applied += 1;
             continue;
         }
+        if mode == Mode::Strict {
+            match message.decode() {
+                Ok(event) => pending.push((message, event)),
+                Err(reason) => return Err(poison(message, reason)),
+            }
+            continue;
+        }
         match apply_one(&mut tx, message, mode).await? {
             Ok(effect) => {
                 *counts.entry(message.topic.clone()).or_insert(0) += 1;
@@ -259,14 +270,6 @@ pub async fn apply(
                 }
             }
             Err(reason) => {
-                if mode == Mode::Strict {
-                    return Err(BatchError::Poison {
-                        topic: message.topic.clone(),
-                        partition: message.partition,
-                        offset: message.offset,
-                        reason,
-                    });
-                }
                 tracing::error!(
                     topic = message.topic,
                     partition = message.partition,
@@ -280,6 +283,29 @@ pub async fn apply(
                     parked.insert(key(a));
                 }
             }
+        }
+    }
+
+    if !pending.is_empty() {
+        let events: Vec<&StreamEvent> = pending.iter().map(|(_, e)| e).collect();
+        match store_batch::apply_events(&mut tx, &events).await {
+            Ok(effects) => {
+                for (message, _) in &pending {
+                    *counts.entry(message.topic.clone()).or_insert(0) += 1;
+                }
+                outcome.applied += pending.len();
+                for summary in effects.summaries {
+                    summaries.insert(summary.order_id, summary);
+                }
+                for i in effects.invalidations {
+                    let version = invalidations.entry(i.key).or_insert(i.version);
+                    *version = (*version).max(i.version);
+                }
+            }
+            Err((_, ApplyError::Database(error))) if is_transient(&error) => {
+                return Err(BatchError::Unavailable(error));
+            }
+            Err((i, error)) => return Err(poison(pending[i].0, error.to_string())),
         }
     }
 
@@ -328,6 +354,15 @@ pub async fn apply(
         .map(|(key, version)| Invalidation { key, version })
         .collect();
     Ok(outcome)
+}
+
+fn poison(message: &Message, reason: String) -> BatchError {
+    BatchError::Poison {
+        topic: message.topic.clone(),
+        partition: message.partition,
+        offset: message.offset,
+        reason,
+    }
 }
 
 /// The projections in state 'live'. Every row is locked (key share), live

@@ -6,7 +6,7 @@
 //! 2. The projection's events are replayed from the `events` table in commit
 //!    order — `(transaction_id, position)` below the oldest running
 //!    transaction, the relay's gap-safe order (ADR 2) — through the same
-//!    `store::apply_event` the live projector uses, on a connection whose
+//!    `store_batch::apply_events` the live projector uses, on a connection whose
 //!    `search_path` puts the shadow schema first.
 //! 3. Once caught up, one transaction locks the projection's row (the live
 //!    projector's batches key-share lock it, so they pause), applies the last
@@ -28,7 +28,8 @@ use schema::envelope::{AnyEvent, EventHeaders};
 use sqlx::{PgConnection, PgPool};
 
 use crate::projections::Projection;
-use crate::store::{self, StreamEvent};
+use crate::store::{ApplyError, StreamEvent};
+use crate::store_batch;
 
 /// Events replayed per transaction.
 const BATCH: i64 = 5_000;
@@ -261,6 +262,8 @@ async fn replay_batch(
     .fetch_all(&mut *conn)
     .await?;
     let applied = rows.len() as i64;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut positions = Vec::with_capacity(rows.len());
     for row in rows {
         let bad = |reason: String| RebuildError::Event {
             position: row.position,
@@ -279,7 +282,8 @@ async fn replay_batch(
             row.payload.as_bytes(),
         )
         .map_err(|e| bad(e.to_string()))?;
-        let event = StreamEvent {
+        positions.push(row.position);
+        events.push(StreamEvent {
             headers: EventHeaders {
                 aggregate_type: projection.aggregate_type().to_owned(),
                 aggregate_id: row.aggregate_id,
@@ -290,13 +294,20 @@ async fn replay_batch(
                 occurred_at,
             },
             event,
-        };
-        store::apply_event(conn, &event)
-            .await
-            .map_err(|e| bad(e.to_string()))?;
+        });
         cursor.transaction_id = row.transaction_id;
         cursor.position = row.position;
     }
+    let refs: Vec<&StreamEvent> = events.iter().collect();
+    store_batch::apply_events(conn, &refs)
+        .await
+        .map_err(|(i, error)| match error {
+            ApplyError::Database(e) => RebuildError::Database(e),
+            other => RebuildError::Event {
+                position: positions.get(i).copied().unwrap_or_default(),
+                reason: other.to_string(),
+            },
+        })?;
     Ok(applied)
 }
 

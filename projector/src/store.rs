@@ -50,7 +50,7 @@ pub enum ApplyError {
 }
 
 /// What to do with an event given the read model's current version.
-fn decide(
+pub(crate) fn decide(
     aggregate_type: &'static str,
     id: Uuid,
     current: i64,
@@ -310,21 +310,48 @@ async fn load_summary(
     )
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(row) = row else { return Ok(None) };
+    let Some(r) = row else { return Ok(None) };
+    summary_from_row(
+        id,
+        r.customer_id,
+        &r.status,
+        r.lines,
+        r.total_minor,
+        r.currency,
+        r.placed_at,
+        r.updated_at,
+        r.version,
+    )
+    .map(Some)
+}
+
+/// An `order_summary` row back as the document it stores.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn summary_from_row(
+    id: Uuid,
+    customer_id: Uuid,
+    status: &str,
+    lines: serde_json::Value,
+    total_minor: i64,
+    currency: String,
+    placed_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+) -> Result<OrderSummary, ApplyError> {
     let unreadable = |reason: String| ApplyError::StoredSummary { id, reason };
-    let lines = serde_json::from_value(row.lines).map_err(|e| unreadable(e.to_string()))?;
-    let status: OrderStatus = row.status.parse().map_err(unreadable)?;
-    let currency = Currency::try_from(row.currency).map_err(|e| unreadable(e.to_string()))?;
-    Ok(Some(OrderSummary {
+    let lines = serde_json::from_value(lines).map_err(|e| unreadable(e.to_string()))?;
+    let status: OrderStatus = status.parse().map_err(unreadable)?;
+    let currency = Currency::try_from(currency).map_err(|e| unreadable(e.to_string()))?;
+    Ok(OrderSummary {
         order_id: id,
-        customer_id: row.customer_id,
+        customer_id,
         status,
         lines,
-        total: schema::money::Money::new(row.total_minor, currency),
-        placed_at: row.placed_at,
-        updated_at: row.updated_at,
-        version: row.version,
-    }))
+        total: schema::money::Money::new(total_minor, currency),
+        placed_at,
+        updated_at,
+        version,
+    })
 }
 
 async fn save_summary(conn: &mut PgConnection, s: &OrderSummary) -> Result<(), ApplyError> {
