@@ -50,6 +50,7 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-# Own throwaway stack on other ports (see deploy/local/bench); about 5 minutes.
+# Own throwaway stack on other ports (see deploy/local/bench); about 15 minutes
+# (write path, then projector catch-up from a 200k-event backlog).
 bench:
 	deploy/local/bench
