@@ -424,6 +424,29 @@ impl Drop for CommandServiceProcess {
     }
 }
 
+/// Runs the projector's command line (`projector <args>`) against this
+/// binary's stack, with `env` on top; returns its standard output. Panics,
+/// with both outputs, unless it succeeds.
+pub fn projector_cli(args: &[&str], env: &[(&str, &str)]) -> String {
+    let stack = STACK.get().expect("start the stack first");
+    let output = Command::new(workspace_binary("projector"))
+        .args(args)
+        .env("PRIMARY_DATABASE_URL", &stack.primary_url)
+        .env("REDIS_URL", &stack.redis_url)
+        .env("PROJECTOR_GROUP_ID", "projector")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the projector binary");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "projector {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A projector running as a process of its own (so it can be `kill -9`ed),
 /// in consumer group `projector`, against the stack of this binary. Killed
 /// with SIGKILL when dropped.

@@ -197,23 +197,8 @@ async fn a_poison_event_parks_later_events_of_its_aggregate_while_others_flow() 
     assert_eq!(response.status(), 404);
 }
 
-/// Runs `projector <args>` against the stack's database and Redis.
 fn projector_cli(args: &[&str]) -> String {
-    let output = std::process::Command::new(workspace_binary("projector"))
-        .args(args)
-        .env("PRIMARY_DATABASE_URL", &stack().primary_url)
-        .env("REDIS_URL", &stack().redis_url)
-        .env("PROJECTOR_GROUP_ID", "projector")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "projector {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    e2e_tests::projector_cli(args, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

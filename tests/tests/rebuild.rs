@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e_tests::read_models::ReadModels;
-use e2e_tests::{create_product, eventually, stack, workspace_binary};
+use e2e_tests::{create_product, eventually, stack};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -74,21 +74,11 @@ async fn projected(pool: &PgPool) {
 /// (the live projection moves ahead meanwhile: the swap must catch up with
 /// it); returns its standard output.
 fn rebuild(projection: &str, pause_ms: u64) -> String {
-    let output = std::process::Command::new(workspace_binary("projector"))
-        .args(["rebuild", projection])
-        .env("REBUILD_PAUSE_BEFORE_SWAP_MS", pause_ms.to_string())
-        .env("PRIMARY_DATABASE_URL", &stack().primary_url)
-        .env("REDIS_URL", &stack().redis_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "rebuild {projection} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    let pause = pause_ms.to_string();
+    e2e_tests::projector_cli(
+        &["rebuild", projection],
+        &[("REBUILD_PAUSE_BEFORE_SWAP_MS", pause.as_str())],
+    )
 }
 
 async fn metric(name_and_labels: &str) -> Option<f64> {
