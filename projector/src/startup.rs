@@ -51,6 +51,14 @@ impl Application {
                 .connect(&config.database_url)
                 .await?;
         schema::MIGRATOR.run(&pool).await?;
+        // Partitions for this month and the next ones exist before the first
+        // batch, so rows of the present never wait in DEFAULT for the next
+        // maintenance run (the task started in `run_until_stopped` retries
+        // if this fails).
+        let today = chrono::Utc::now().date_naive();
+        if let Err(error) = partitions::maintain_once(&pool, &config.partitions, today).await {
+            tracing::warn!(%error, "partition maintenance at start failed");
+        }
         let redis = redis::Client::open(config.redis_url.as_str())?;
         let redis = RedisSink::new(redis::aio::ConnectionManager::new(redis).await?);
         let metrics = Metrics::new()?;
