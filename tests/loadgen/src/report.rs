@@ -155,22 +155,12 @@ pub fn render_write_path(results: &WritePathResults) -> String {
             runs.join(", ")
         ));
     }
-    if let Some(rate) = median(results.drains.iter().map(|d| d.events_per_s)) {
-        let runs: Vec<String> = results
-            .drains
-            .iter()
-            .map(|d| {
-                format!(
-                    "{:.0} ({} events in {:.1} s)",
-                    d.events_per_s, d.events, d.seconds
-                )
-            })
-            .collect();
-        out.push_str(&format!(
-            "| relay publish, draining a backlog | | {rate:.0} events/s | | | {} |\n",
-            runs.join(", ")
-        ));
-    }
+    let drains: Vec<(f64, u64, f64)> = results
+        .drains
+        .iter()
+        .map(|d| (d.events_per_s, d.events, d.seconds))
+        .collect();
+    out.push_str(&rate_row("relay publish, draining a backlog", "", &drains));
     out.push_str("\n| target | measured | |\n|---|---|---|\n");
     for v in write_path_verdicts(results) {
         out.push_str(&format!(
@@ -377,22 +367,16 @@ pub fn render_catchup(results: &CatchupResults) -> String {
             runs.join(", ")
         ));
     }
-    if let Some(rate) = median(results.catchups.iter().map(|c| c.events_per_s)) {
-        let runs: Vec<String> = results
-            .catchups
-            .iter()
-            .map(|c| {
-                format!(
-                    "{:.0} ({} events in {:.1} s)",
-                    c.events_per_s, c.events, c.seconds
-                )
-            })
-            .collect();
-        out.push_str(&format!(
-            "| projector catch-up from the backlog | 1 (one batch transaction at a time) | {rate:.0} events/s | | | {} |\n",
-            runs.join(", ")
-        ));
-    }
+    let catchups: Vec<(f64, u64, f64)> = results
+        .catchups
+        .iter()
+        .map(|c| (c.events_per_s, c.events, c.seconds))
+        .collect();
+    out.push_str(&rate_row(
+        "projector catch-up from the backlog",
+        "1 (one batch transaction at a time)",
+        &catchups,
+    ));
 
     if let Some(c) = median_catchup(results) {
         let cores: Vec<String> = c
@@ -500,6 +484,28 @@ pub fn splice(doc: &str, section: &str, body: &str) -> Result<String, MissingMar
     let start = doc.find(&begin).ok_or_else(missing)? + begin.len();
     let stop = start + doc[start..].find(&end).ok_or_else(missing)?;
     Ok(format!("{}\n{}{}", &doc[..start], body, &doc[stop..]))
+}
+
+/// A table row for an events/s rate measured in several runs of
+/// `(events/s, events, seconds)`: the median, then each run. Empty if no run.
+fn rate_row(label: &str, clients: &str, runs: &[(f64, u64, f64)]) -> String {
+    let Some(rate) = median(runs.iter().map(|r| r.0)) else {
+        return String::new();
+    };
+    let each: Vec<String> = runs
+        .iter()
+        .map(|(per_s, events, seconds)| format!("{per_s:.0} ({events} events in {seconds:.1} s)"))
+        .collect();
+    // An empty cell is "| |", as in the other rows.
+    let clients = if clients.is_empty() {
+        " ".to_owned()
+    } else {
+        format!(" {clients} ")
+    };
+    format!(
+        "| {label} |{clients}| {rate:.0} events/s | | | {} |\n",
+        each.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -681,5 +687,20 @@ mod tests {
             "intro\n<!-- w:begin -->\nnew\n<!-- w:end -->\noutro\n"
         );
         assert!(splice(doc, "x", "new").is_err());
+    }
+
+    #[test]
+    fn a_rate_row_quotes_the_median_then_each_run() {
+        let runs = [
+            (3651.0, 78802, 21.58),
+            (4134.0, 79527, 19.24),
+            (3907.0, 81183, 20.78),
+        ];
+        assert_eq!(
+            rate_row("relay publish, draining a backlog", "", &runs),
+            "| relay publish, draining a backlog | | 3907 events/s | | | 3651 (78802 events in 21.6 s), \
+             4134 (79527 events in 19.2 s), 3907 (81183 events in 20.8 s) |\n"
+        );
+        assert_eq!(rate_row("none", "", &[]), "");
     }
 }
