@@ -18,12 +18,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use schema::envelope::{AnyEvent, EventHeaders};
-use schema::views::{Invalidation, OrderSummary};
+
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::projections::Projection;
-use crate::store::{self, is_transient, ApplyError, StreamEvent};
-use crate::store_batch;
+use crate::store::{self, is_transient, ApplyError, BatchEffects, StreamEvent};
 
 /// A Kafka message as the projector keeps it: owned, and storable as a dead
 /// letter exactly as it arrived.
@@ -99,7 +98,7 @@ impl Message {
 pub enum Mode {
     /// Fail the whole batch (it is retried with backoff): the fast path, one
     /// transaction, no savepoints, the events applied set-based
-    /// ([`store_batch`]).
+    /// ([`store::apply_events`]).
     Strict,
     /// Apply each event in a savepoint and park the ones that fail: used once
     /// a batch has failed `max_attempts` times.
@@ -132,14 +131,13 @@ impl From<sqlx::Error> for BatchError {
 pub struct Outcome {
     /// Messages applied (including those the read models already reflected).
     pub applied: usize,
-    /// Messages dropped because the group's stored offset was past them.
+    /// Messages dropped because the group's stored offset was past them or
+    /// the batch held a later delivery of them.
     pub already_applied: usize,
     /// Messages parked as dead letters (failed, or behind one that failed).
     pub parked: usize,
-    /// Latest summary of every order the batch touched, for Redis.
-    pub summaries: Vec<OrderSummary>,
-    /// Every cache key the batch changed, at its newest version.
-    pub invalidations: Vec<Invalidation>,
+    /// The summaries to bring Redis up to and the keys to invalidate.
+    pub effects: BatchEffects,
     /// Per partition, the offset after the last message of the batch.
     pub next_offsets: BTreeMap<(String, i32), i64>,
 }
@@ -159,7 +157,6 @@ pub async fn apply(
             outcome.next_offsets.insert(key.clone(), last.offset + 1);
         }
     }
-    let in_runs: usize = runs.values().map(Vec::len).sum();
     let (topics, partitions): (Vec<String>, Vec<i32>) =
         outcome.next_offsets.keys().cloned().unzip();
 
@@ -201,7 +198,8 @@ pub async fn apply(
         })
         .copied()
         .collect();
-    outcome.already_applied = messages.len() - in_runs + (in_runs - fresh.len());
+    // Delivered again within the batch, or below the stored offset.
+    outcome.already_applied = messages.len() - fresh.len();
     if tracing::enabled!(tracing::Level::DEBUG) {
         for ((topic, partition), next) in &outcome.next_offsets {
             let offsets: Vec<i64> = runs
@@ -225,8 +223,6 @@ pub async fn apply(
 
     let live = live_projections(&mut tx).await?;
     let mut parked = parked_aggregates(&mut tx, group, &fresh).await?;
-    let mut summaries: BTreeMap<uuid::Uuid, OrderSummary> = BTreeMap::new();
-    let mut invalidations: BTreeMap<String, i64> = BTreeMap::new();
     let mut counts: BTreeMap<String, i64> = BTreeMap::new();
     // Strict mode collects the events and applies them set-based at the end.
     let mut pending: Vec<(&Message, StreamEvent)> = Vec::new();
@@ -257,17 +253,11 @@ pub async fn apply(
             }
             continue;
         }
-        match apply_one(&mut tx, message, mode).await? {
-            Ok(effect) => {
+        match apply_one(&mut tx, message).await? {
+            Ok(effects) => {
                 *counts.entry(message.topic.clone()).or_insert(0) += 1;
                 outcome.applied += 1;
-                if let Some(summary) = effect.summary {
-                    summaries.insert(summary.order_id, summary);
-                }
-                for i in effect.invalidations {
-                    let version = invalidations.entry(i.key).or_insert(i.version);
-                    *version = (*version).max(i.version);
-                }
+                outcome.effects.merge(effects);
             }
             Err(reason) => {
                 tracing::error!(
@@ -288,19 +278,13 @@ pub async fn apply(
 
     if !pending.is_empty() {
         let events: Vec<&StreamEvent> = pending.iter().map(|(_, e)| e).collect();
-        match store_batch::apply_events(&mut tx, &events).await {
+        match store::apply_events(&mut tx, &events).await {
             Ok(effects) => {
                 for (message, _) in &pending {
                     *counts.entry(message.topic.clone()).or_insert(0) += 1;
                 }
                 outcome.applied += pending.len();
-                for summary in effects.summaries {
-                    summaries.insert(summary.order_id, summary);
-                }
-                for i in effects.invalidations {
-                    let version = invalidations.entry(i.key).or_insert(i.version);
-                    *version = (*version).max(i.version);
-                }
+                outcome.effects.merge(effects);
             }
             Err((_, ApplyError::Database(error))) if is_transient(&error) => {
                 return Err(BatchError::Unavailable(error));
@@ -309,19 +293,7 @@ pub async fn apply(
         }
     }
 
-    let (topics, partitions, offsets): (Vec<String>, Vec<i32>, Vec<i64>) = outcome
-        .next_offsets
-        .iter()
-        .map(|((t, p), o)| (t.clone(), *p, *o))
-        .fold(
-            (vec![], vec![], vec![]),
-            |(mut t, mut p, mut o), (a, b, c)| {
-                t.push(a);
-                p.push(b);
-                o.push(c);
-                (t, p, o)
-            },
-        );
+    let offsets: Vec<i64> = outcome.next_offsets.values().copied().collect();
     sqlx::query!(
         "UPDATE projector_offsets o
             SET next_offset = GREATEST(o.next_offset, u.next_offset), updated_at = now()
@@ -334,26 +306,31 @@ pub async fn apply(
     )
     .execute(&mut *tx)
     .await?;
-    let (count_topics, count_values): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
+    add_applied(&mut tx, group, &counts).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Adds `counts` (messages applied per topic) to the group's message counter.
+pub(crate) async fn add_applied(
+    conn: &mut PgConnection,
+    group: &str,
+    counts: &BTreeMap<String, i64>,
+) -> Result<(), sqlx::Error> {
+    let topics: Vec<String> = counts.keys().cloned().collect();
+    let applied: Vec<i64> = counts.values().copied().collect();
     sqlx::query!(
         "INSERT INTO projector_message_counts (consumer_group, topic, applied)
          SELECT $1, t, n FROM UNNEST($2::text[], $3::bigint[]) AS u(t, n)
          ON CONFLICT (consumer_group, topic)
          DO UPDATE SET applied = projector_message_counts.applied + EXCLUDED.applied",
         group,
-        &count_topics,
-        &count_values
+        &topics,
+        &applied
     )
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
-
-    outcome.summaries = summaries.into_values().collect();
-    outcome.invalidations = invalidations
-        .into_iter()
-        .map(|(key, version)| Invalidation { key, version })
-        .collect();
-    Ok(outcome)
+    Ok(())
 }
 
 fn poison(message: &Message, reason: String) -> BatchError {
@@ -431,38 +408,30 @@ async fn parked_aggregates(
         .collect())
 }
 
-/// Decodes and applies one message. The outer error is transient (abort the
-/// batch); the inner one is the event's own fault (park it, or fail a strict
-/// batch). In [`Mode::Isolate`] the event runs in a savepoint, so its failure
-/// leaves the rest of the transaction intact.
+/// Decodes and applies one message in a savepoint, so that its failure
+/// leaves the rest of the transaction intact. The outer error is transient
+/// (abort the batch); the inner one is the event's own fault (park it).
 pub(crate) async fn apply_one(
     conn: &mut PgConnection,
     message: &Message,
-    mode: Mode,
-) -> Result<Result<store::Effect, String>, BatchError> {
+) -> Result<Result<store::BatchEffects, String>, BatchError> {
     let event = match message.decode() {
         Ok(event) => event,
         Err(reason) => return Ok(Err(reason)),
     };
-    let result = match mode {
-        Mode::Strict => store::apply_event(conn, &event).await,
-        Mode::Isolate => {
-            let mut savepoint = conn.begin().await?;
-            let result = store::apply_event(&mut savepoint, &event).await;
-            if result.is_ok() {
-                savepoint.commit().await?;
-            } else {
-                savepoint.rollback().await?;
-            }
-            result
+    let mut savepoint = conn.begin().await?;
+    match store::apply_events(&mut savepoint, &[&event]).await {
+        Ok(effects) => {
+            savepoint.commit().await?;
+            Ok(Ok(effects))
         }
-    };
-    match result {
-        Ok(effect) => Ok(Ok(effect)),
-        Err(ApplyError::Database(error)) if is_transient(&error) => {
+        Err((_, ApplyError::Database(error))) if is_transient(&error) => {
             Err(BatchError::Unavailable(error))
         }
-        Err(error) => Ok(Err(error.to_string())),
+        Err((_, error)) => {
+            savepoint.rollback().await?;
+            Ok(Err(error.to_string()))
+        }
     }
 }
 

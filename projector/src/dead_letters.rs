@@ -4,13 +4,14 @@
 //! either way the letters behind it are then applied in order, up to the next
 //! one that fails.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use schema::views::{Invalidation, OrderSummary};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::batch::{self, BatchError, Message, Mode};
-use crate::store;
+use crate::batch::{self, BatchError, Message};
+use crate::store::{self, BatchEffects};
 
 /// A parked event as operators see it.
 #[derive(Debug, Clone, Serialize)]
@@ -52,10 +53,9 @@ pub struct Resolution {
     pub skipped: Option<i64>,
     /// Letters of the aggregate still parked (the first of them failed again).
     pub still_parked: usize,
+    /// For Redis and the invalidation signals.
     #[serde(skip)]
-    pub summaries: Vec<OrderSummary>,
-    #[serde(skip)]
-    pub invalidations: Vec<Invalidation>,
+    pub effects: BatchEffects,
 }
 
 /// Every parked letter of `group`, oldest first.
@@ -145,7 +145,7 @@ async fn resolve(
         resolution.skipped = Some(oldest.id);
     }
 
-    let mut applied_per_topic: Vec<(String, i64)> = Vec::new();
+    let mut applied: BTreeMap<String, i64> = BTreeMap::new();
     while let Some(row) = rows.next() {
         let message = Message {
             topic: row.topic.clone(),
@@ -155,18 +155,12 @@ async fn resolve(
             headers: headers_from_json(&row.headers),
             payload: row.payload,
         };
-        match batch::apply_one(&mut tx, &message, Mode::Isolate).await? {
-            Ok(effect) => {
+        match batch::apply_one(&mut tx, &message).await? {
+            Ok(effects) => {
                 delete(&mut tx, row.id).await?;
                 resolution.applied.push(row.id);
-                applied_per_topic.push((row.topic, 1));
-                if let Some(summary) = effect.summary {
-                    resolution
-                        .summaries
-                        .retain(|s| s.order_id != summary.order_id);
-                    resolution.summaries.push(summary);
-                }
-                resolution.invalidations.extend(effect.invalidations);
+                *applied.entry(row.topic).or_insert(0) += 1;
+                resolution.effects.merge(effects);
             }
             Err(error) => {
                 sqlx::query!(
@@ -181,19 +175,7 @@ async fn resolve(
             }
         }
     }
-    for (topic, applied) in applied_per_topic {
-        sqlx::query!(
-            "INSERT INTO projector_message_counts (consumer_group, topic, applied)
-             VALUES ($1, $2, $3)
-             ON CONFLICT (consumer_group, topic)
-             DO UPDATE SET applied = projector_message_counts.applied + EXCLUDED.applied",
-            group,
-            topic,
-            applied
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
+    batch::add_applied(&mut tx, group, &applied).await?;
     tx.commit().await?;
     Ok(resolution)
 }
@@ -248,10 +230,10 @@ impl DeadLetterDesk {
     }
 
     async fn sync_redis(&self, resolution: &Resolution) {
-        if let Err(error) = self.redis.write(&resolution.summaries).await {
+        if let Err(error) = self.redis.write(&resolution.effects.summaries).await {
             tracing::warn!(%error, "redis write failed");
         }
-        if let Err(error) = self.redis.publish(&resolution.invalidations).await {
+        if let Err(error) = self.redis.publish(&resolution.effects.invalidations).await {
             tracing::warn!(%error, "publishing invalidations failed");
         }
     }

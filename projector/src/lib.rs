@@ -16,4 +16,3 @@ pub mod redis_sink;
 pub mod start_check;
 pub mod startup;
 pub mod store;
-pub mod store_batch;

@@ -19,10 +19,10 @@ pub struct Metrics {
     pub failed_batches: IntCounter,
     pub batch_seconds: Histogram,
     /// Per `topic`/`partition`: messages in the partition not yet applied.
-    pub lag_events: IntGaugeVec,
+    lag_events: IntGaugeVec,
     /// Per `topic`/`partition`: age of the oldest unapplied message (0 when
-    /// caught up), measured at the end of each batch.
-    pub lag_seconds: GaugeVec,
+    /// caught up).
+    lag_seconds: GaugeVec,
     dead_letters: IntGauge,
     /// What the lag gauges are computed from (see [`LagTracker`]); the age
     /// is recomputed at every scrape, so it grows while a batch is stuck.
@@ -47,7 +47,7 @@ impl Metrics {
             )?,
             already_applied: IntCounter::new(
                 "projector_already_applied_total",
-                "Messages dropped because the group's stored offset was past them",
+                "Messages dropped as already applied (below the stored offset, or delivered again)",
             )?,
             parked: IntCounter::new(
                 "projector_parked_events_total",

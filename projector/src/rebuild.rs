@@ -6,7 +6,7 @@
 //! 2. The projection's events are replayed from the `events` table in commit
 //!    order — `(transaction_id, position)` below the oldest running
 //!    transaction, the relay's gap-safe order (ADR 2) — through the same
-//!    `store_batch::apply_events` the live projector uses, on a connection whose
+//!    `store::apply_events` the live projector uses, on a connection whose
 //!    `search_path` puts the shadow schema first.
 //! 3. Once caught up, one transaction locks the projection's row (the live
 //!    projector's batches key-share lock it, so they pause), applies the last
@@ -28,8 +28,7 @@ use schema::envelope::{AnyEvent, EventHeaders};
 use sqlx::{PgConnection, PgPool};
 
 use crate::projections::Projection;
-use crate::store::{ApplyError, StreamEvent};
-use crate::store_batch;
+use crate::store::{self, ApplyError, StreamEvent};
 
 /// Events replayed per transaction.
 const BATCH: i64 = 5_000;
@@ -299,7 +298,7 @@ async fn replay_batch(
         cursor.position = row.position;
     }
     let refs: Vec<&StreamEvent> = events.iter().collect();
-    store_batch::apply_events(conn, &refs)
+    store::apply_events(conn, &refs)
         .await
         .map_err(|(i, error)| match error {
             ApplyError::Database(e) => RebuildError::Database(e),
