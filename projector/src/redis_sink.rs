@@ -5,6 +5,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use schema::views::{
     order_summary_key, Invalidation, Invalidations, OrderSummary, INVALIDATION_CHANNEL,
+    ORDER_SUMMARY_KEY_PREFIX,
 };
 
 /// Compare-and-set on the version, for each key: a summary lands only if
@@ -94,8 +95,7 @@ impl RedisSink {
     /// meanwhile may go too: it is a cache, and a miss reads Postgres.
     pub async fn forget_order_summaries(&self) -> Result<u64, SinkError> {
         let mut connection = self.connection.clone();
-        let pattern =
-            order_summary_key(uuid::Uuid::nil()).replace(&uuid::Uuid::nil().to_string(), "*");
+        let pattern = format!("{ORDER_SUMMARY_KEY_PREFIX}*");
         let mut cursor: u64 = 0;
         let mut forgotten = 0;
         loop {

@@ -8,9 +8,12 @@ use uuid::Uuid;
 
 use crate::money::Money;
 
+/// What every [`order_summary_key`] starts with (for scanning them all).
+pub const ORDER_SUMMARY_KEY_PREFIX: &str = "order_summary:";
+
 /// Redis key of an order summary document.
 pub fn order_summary_key(order_id: Uuid) -> String {
-    format!("order_summary:{order_id}")
+    format!("{ORDER_SUMMARY_KEY_PREFIX}{order_id}")
 }
 
 /// Cache key of a product in the catalog.

@@ -16,6 +16,20 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The report's first line: when, at which commit, on what.
+    pub fn run_line(&self) -> String {
+        format!(
+            "Run {} at commit `{}`: {} CPUs ({}), {} GiB, Linux {}, PostgreSQL {}.\n\n",
+            self.date,
+            self.git_commit,
+            self.cpus,
+            self.cpu_model,
+            self.memory_gib,
+            self.kernel,
+            self.postgres
+        )
+    }
+
     /// Best effort: a fact that cannot be read is left empty.
     pub async fn read(database_url: &str) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -106,16 +106,7 @@ fn label(name: &str) -> &str {
 pub fn render_write_path(results: &WritePathResults) -> String {
     let machine = &results.machine;
     let mut out = String::new();
-    out.push_str(&format!(
-        "Run {} at commit `{}`: {} CPUs ({}), {} GiB, Linux {}, PostgreSQL {}.\n\n",
-        machine.date,
-        machine.git_commit,
-        machine.cpus,
-        machine.cpu_model,
-        machine.memory_gib,
-        machine.kernel,
-        machine.postgres
-    ));
+    out.push_str(&machine.run_line());
     out.push_str(&format!(
         "Command: `{}` ({} repetitions, interleaved; medians over them).\n\n",
         results.command, results.repetitions
@@ -287,16 +278,7 @@ pub fn render_catchup(results: &CatchupResults) -> String {
     let backlog = &results.backlog;
     let plan = &backlog.plan;
     let mut out = String::new();
-    out.push_str(&format!(
-        "Run {} at commit `{}`: {} CPUs ({}), {} GiB, Linux {}, PostgreSQL {}.\n\n",
-        machine.date,
-        machine.git_commit,
-        machine.cpus,
-        machine.cpu_model,
-        machine.memory_gib,
-        machine.kernel,
-        machine.postgres
-    ));
+    out.push_str(&machine.run_line());
     out.push_str(&format!(
         "Command: `{}` ({} repetitions, pgbench and catch-up interleaved; medians over them). \
          Projector settings: {}.\n\n",
