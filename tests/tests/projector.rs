@@ -333,16 +333,32 @@ async fn redis_refuses_a_summary_older_than_the_one_it_holds() {
         .unwrap();
     let stored: OrderSummary = serde_json::from_str(&body).unwrap();
     assert_eq!((stored.version, stored.status), (2, OrderStatus::Confirmed));
-    sink.write(&[summary(3, OrderStatus::Shipped)])
-        .await
-        .unwrap();
-    let version: i64 = redis::cmd("HGET")
-        .arg(schema::views::order_summary_key(Uuid::from_u128(0xfeed)))
-        .arg("version")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(version, 3);
+    // Several summaries in one call (one per batch): each key is judged on
+    // its own, the newer lands, the older next to it does not.
+    let other = OrderSummary {
+        order_id: Uuid::from_u128(0xf00d),
+        ..summary(1, OrderStatus::Placed)
+    };
+    sink.write(&[
+        summary(3, OrderStatus::Shipped),
+        other.clone(),
+        summary(2, OrderStatus::Cancelled),
+    ])
+    .await
+    .unwrap();
+    let version = |order: u128| {
+        let mut connection = connection.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(schema::views::order_summary_key(Uuid::from_u128(order)))
+                .arg("version")
+                .query_async::<i64>(&mut connection)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(version(0xfeed).await, 3);
+    assert_eq!(version(0xf00d).await, 1);
 }
 
 /// Sum of `projector_lag_events` and max of `projector_lag_seconds` over the
