@@ -298,15 +298,7 @@ impl Projector {
             .already_applied
             .inc_by(outcome.already_applied as u64);
         self.metrics.parked.inc_by(outcome.parked as u64);
-        // Redis is a copy of Postgres: if it is down the batch still counts
-        // (query-service falls back to the replica), and the next event of
-        // the same order rewrites the summary in full.
-        if let Err(error) = self.redis.write(&outcome.effects.summaries).await {
-            tracing::warn!(%error, orders = outcome.effects.summaries.len(), "redis write failed");
-        }
-        if let Err(error) = self.redis.publish(&outcome.effects.invalidations).await {
-            tracing::warn!(%error, keys = outcome.effects.invalidations.len(), "publishing invalidations failed");
-        }
+        self.redis.apply(&outcome.effects).await;
         self.commit_hint(&outcome);
         self.record_lag(batch, &outcome);
     }

@@ -230,11 +230,6 @@ impl DeadLetterDesk {
     }
 
     async fn sync_redis(&self, resolution: &Resolution) {
-        if let Err(error) = self.redis.write(&resolution.effects.summaries).await {
-            tracing::warn!(%error, "redis write failed");
-        }
-        if let Err(error) = self.redis.publish(&resolution.effects.invalidations).await {
-            tracing::warn!(%error, "publishing invalidations failed");
-        }
+        self.redis.apply(&resolution.effects).await;
     }
 }

@@ -1,5 +1,9 @@
-//! Materializes order summaries in Redis, never moving one backwards, and
-//! publishes the invalidation signals query-service instances subscribe to.
+//! Materializes order summaries in Redis, never moving one backwards, leaves
+//! tombstones for the other documents a batch changed, and publishes the
+//! invalidation signals query-service instances subscribe to (docs/adr/0009,
+//! docs/adr/0012).
+
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -8,24 +12,55 @@ use schema::views::{
     ORDER_SUMMARY_KEY_PREFIX,
 };
 
+use crate::store::BatchEffects;
+
+/// How long an order summary stays in Redis after its last write: the
+/// safety net if a write after a committed batch is lost (Redis down, the
+/// projector killed in between). query-service fills it again on a miss.
+pub const DOCUMENT_TTL: Duration = Duration::from_secs(3600);
+/// How long a tombstone blocks older fills: longer than any replica lag
+/// query-service reads under (`REPLICA_MAX_LAG_MS`, seconds), so a fill
+/// read from a lagging replica before the change cannot land after it.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
 /// Compare-and-set on the version, for each key: a summary lands only if
 /// Redis holds none or an older one, atomically (a Lua script runs alone).
 /// Replays, duplicates and two projectors racing during a rebalance therefore
 /// cannot overwrite a newer summary with an older one. KEYS are the summaries'
-/// keys, ARGV their (version, body) pairs; one call per batch chunk, not one
-/// round trip per summary. (On Redis Cluster the keys of one call must share
-/// a slot: chunk per slot there.)
+/// keys, ARGV the TTL in ms then their (version, body) pairs; one call per
+/// batch chunk, not one round trip per summary. (On Redis Cluster the keys
+/// of one call must share a slot: chunk per slot there.) The hash layout is
+/// `schema::views::DOCUMENT_VERSION_FIELD` / `DOCUMENT_BODY_FIELD`.
 const WRITE_IF_NEWER: &str = r"
 local written = 0
 for i, key in ipairs(KEYS) do
-  local version = ARGV[2 * i - 1]
+  local version = ARGV[2 * i]
   local current = redis.call('HGET', key, 'version')
   if not current or tonumber(current) < tonumber(version) then
-    redis.call('HSET', key, 'version', version, 'body', ARGV[2 * i])
+    redis.call('HSET', key, 'version', version, 'body', ARGV[2 * i + 1])
+    redis.call('PEXPIRE', key, ARGV[1])
     written = written + 1
   end
 end
 return written
+";
+
+/// For each key whose document changed but is not materialized here (a
+/// product, a customer's history): unless Redis already holds that version
+/// or a newer one, drop the body and keep the version as a tombstone, so
+/// that query-service's fill of an older version is refused. KEYS the keys,
+/// ARGV the TTL in ms then their versions.
+const TOMBSTONE_IF_OLDER: &str = r"
+for i, key in ipairs(KEYS) do
+  local version = ARGV[i + 1]
+  local current = redis.call('HGET', key, 'version')
+  if not current or tonumber(current) < tonumber(version) then
+    redis.call('HSET', key, 'version', version)
+    redis.call('HDEL', key, 'body')
+    redis.call('PEXPIRE', key, ARGV[1])
+  end
+end
+return #KEYS
 ";
 
 /// Summaries per script call: bounds the time one call holds Redis.
@@ -34,7 +69,8 @@ const CHUNK: usize = 200;
 #[derive(Clone)]
 pub struct RedisSink {
     connection: ConnectionManager,
-    script: Script,
+    write: Script,
+    tombstone: Script,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +85,26 @@ impl RedisSink {
     pub fn new(connection: ConnectionManager) -> Self {
         Self {
             connection,
-            script: Script::new(WRITE_IF_NEWER),
+            write: Script::new(WRITE_IF_NEWER),
+            tombstone: Script::new(TOMBSTONE_IF_OLDER),
+        }
+    }
+
+    /// Everything Redis needs after a committed batch (or a dead letter
+    /// resolved): the summaries written, tombstones for the other changed
+    /// documents, then the signals published, in that order so that an
+    /// instance acting on a signal finds Redis already current. Redis is a
+    /// copy of Postgres: failures are logged and the batch still counts
+    /// (query-service falls back to a database; TTLs bound the staleness).
+    pub async fn apply(&self, effects: &BatchEffects) {
+        if let Err(error) = self.write(&effects.summaries).await {
+            tracing::warn!(%error, orders = effects.summaries.len(), "redis write failed");
+        }
+        if let Err(error) = self.tombstone(&effects.invalidations).await {
+            tracing::warn!(%error, keys = effects.invalidations.len(), "redis tombstones failed");
+        }
+        if let Err(error) = self.publish(&effects.invalidations).await {
+            tracing::warn!(%error, keys = effects.invalidations.len(), "publishing invalidations failed");
         }
     }
 
@@ -57,7 +112,8 @@ impl RedisSink {
     pub async fn write(&self, summaries: &[OrderSummary]) -> Result<(), SinkError> {
         let mut connection = self.connection.clone();
         for chunk in summaries.chunks(CHUNK) {
-            let mut invocation = self.script.prepare_invoke();
+            let mut invocation = self.write.prepare_invoke();
+            invocation.arg(millis(DOCUMENT_TTL));
             for summary in chunk {
                 invocation
                     .key(order_summary_key(summary.order_id))
@@ -65,6 +121,24 @@ impl RedisSink {
                     .arg(serde_json::to_string(summary)?);
             }
             let _written: i64 = invocation.invoke_async(&mut connection).await?;
+        }
+        Ok(())
+    }
+
+    /// Tombstones the changed documents this sink does not write itself.
+    async fn tombstone(&self, invalidations: &[Invalidation]) -> Result<(), SinkError> {
+        let others: Vec<&Invalidation> = invalidations
+            .iter()
+            .filter(|i| !i.key.starts_with(ORDER_SUMMARY_KEY_PREFIX))
+            .collect();
+        let mut connection = self.connection.clone();
+        for chunk in others.chunks(CHUNK) {
+            let mut invocation = self.tombstone.prepare_invoke();
+            invocation.arg(millis(TOMBSTONE_TTL));
+            for invalidation in chunk {
+                invocation.key(&invalidation.key).arg(invalidation.version);
+            }
+            let _keys: i64 = invocation.invoke_async(&mut connection).await?;
         }
         Ok(())
     }
@@ -120,4 +194,8 @@ impl RedisSink {
             cursor = next;
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

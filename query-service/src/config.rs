@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use service_runtime::config::{optional, required, ConfigError};
@@ -15,7 +16,11 @@ use service_runtime::config::{optional, required, ConfigError};
 /// # use query_service::config::Config;
 /// let config = Config {
 ///     http_addr: "127.0.0.1:0".parse().expect("socket address"),
-///     ..Config::new("postgres://app:app@127.0.0.1:55433/app", "redis://127.0.0.1:56379/")
+///     ..Config::new(
+///         "postgres://app:app@127.0.0.1:55432/app",
+///         vec!["postgres://app:app@127.0.0.1:55433/app".to_owned()],
+///         "redis://127.0.0.1:56379/",
+///     )
 /// };
 /// # assert_eq!(config.http_addr.port(), 0);
 /// ```
@@ -24,22 +29,80 @@ pub struct Config {
     /// Where the HTTP server listens (`QUERY_HTTP_ADDR`). Port 0 picks a free
     /// port; [`crate::startup::Application::port`] tells which.
     pub http_addr: SocketAddr,
-    /// The Postgres read replica (`REPLICA_DATABASE_URL`). The service never
-    /// connects to the primary.
-    pub replica_database_url: String,
-    /// Redis holding the order summary documents (`REDIS_URL`).
+    /// The Postgres primary (`PRIMARY_DATABASE_URL`): the reference the
+    /// replicas' lag is measured against, and the fallback for reads when no
+    /// replica qualifies (if [`Config::primary_fallback`] allows).
+    pub primary_database_url: String,
+    /// The read replicas (`REPLICA_DATABASE_URLS`, comma-separated; may be
+    /// empty, then every read goes to the primary if allowed).
+    pub replica_database_urls: Vec<String>,
+    /// Redis: the shared cache tier and the invalidation feed (`REDIS_URL`).
     pub redis_url: String,
-    /// Maximum number of replica connections (`REPLICA_POOL_SIZE`).
+    /// Connections per replica (`REPLICA_POOL_SIZE`). Each replica has its
+    /// own pool, so a stuck one cannot take the connections of the others.
     pub replica_pool_size: u32,
-    /// How long a request waits for a free replica connection before it is
-    /// answered 503 (`REPLICA_ACQUIRE_TIMEOUT_MS`).
-    pub replica_acquire_timeout: Duration,
-    /// Postgres `statement_timeout` of every replica connection
-    /// (`REPLICA_STATEMENT_TIMEOUT_MS`); 0 disables it, as in Postgres.
-    pub replica_statement_timeout: Duration,
-    /// Budget of one Redis read, waiting for a reconnect included
-    /// (`REDIS_TIMEOUT_MS`). Past it the request reads the replica instead.
+    /// Connections to the primary for fallback and consistent reads
+    /// (`PRIMARY_POOL_SIZE`); small on purpose, the primary serves writes.
+    pub primary_pool_size: u32,
+    /// Budget of one attempt on one database, waiting for a connection
+    /// included (`READ_ATTEMPT_TIMEOUT_MS`). Past it the read moves on to
+    /// the next database and the slow one is taken out until its next
+    /// successful health check.
+    pub read_attempt_timeout: Duration,
+    /// Budget of a whole read over all attempts (`READ_DEADLINE_MS`); past
+    /// it the answer is 503.
+    pub read_deadline: Duration,
+    /// Postgres `statement_timeout` of every read connection
+    /// (`READ_STATEMENT_TIMEOUT_MS`); 0 disables it, as in Postgres. Stops
+    /// the server's work on a statement whose client gave up.
+    pub read_statement_timeout: Duration,
+    /// A replica lagging more than this is not read from
+    /// (`REPLICA_MAX_LAG_MS`).
+    pub replica_max_lag: Duration,
+    /// Whether reads go to the primary when no replica qualifies
+    /// (`PRIMARY_FALLBACK`: `allow` or `deny`; with `deny` they get 503).
+    pub primary_fallback: PrimaryFallback,
+    /// How often the monitor checks each database's health and lag
+    /// (`REPLICA_CHECK_INTERVAL_MS`).
+    pub replica_check_interval: Duration,
+    /// How long a read carrying a consistency token waits for a replica to
+    /// catch up before asking the primary (`CONSISTENT_READ_REPLICA_WAIT_MS`).
+    pub consistent_read_replica_wait: Duration,
+    /// How long a read carrying a consistency token may wait in all before
+    /// it is answered 503 `not-yet-consistent` (`CONSISTENT_READ_TIMEOUT_MS`).
+    pub consistent_read_timeout: Duration,
+    /// Budget of one Redis call, waiting for a reconnect included
+    /// (`REDIS_TIMEOUT_MS`). Past it the request reads the database instead.
     pub redis_timeout: Duration,
+    /// Entries of the in-process cache tier (`LOCAL_CACHE_CAPACITY`).
+    pub local_cache_capacity: u64,
+    /// Time to live of an in-process cache entry (`LOCAL_CACHE_TTL_MS`): the
+    /// safety net behind event-driven invalidation.
+    pub local_cache_ttl: Duration,
+    /// Time to live of a document query-service puts in Redis
+    /// (`REDIS_CACHE_TTL_S`).
+    pub redis_cache_ttl: Duration,
+}
+
+/// What to do with a read when no replica is healthy and fresh enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrimaryFallback {
+    /// Read from the primary (more load on it, but an answer).
+    Allow,
+    /// Answer 503 with `Retry-After` (protects the primary).
+    Deny,
+}
+
+impl FromStr for PrimaryFallback {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(Self::Allow),
+            "deny" => Ok(Self::Deny),
+            other => Err(format!("expected allow or deny, got {other:?}")),
+        }
+    }
 }
 
 impl Config {
@@ -48,73 +111,109 @@ impl Config {
         std::net::Ipv4Addr::LOCALHOST,
         8081,
     ));
-    /// Default `REPLICA_POOL_SIZE`.
-    pub const DEFAULT_REPLICA_POOL_SIZE: u32 = 16;
-    /// Default `REPLICA_ACQUIRE_TIMEOUT_MS`.
-    pub const DEFAULT_REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(2000);
-    /// Default `REPLICA_STATEMENT_TIMEOUT_MS`.
-    pub const DEFAULT_REPLICA_STATEMENT_TIMEOUT: Duration = Duration::from_millis(5000);
-    /// Default `REDIS_TIMEOUT_MS`.
-    pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(200);
 
-    /// A configuration with the two required URLs and every other setting at
-    /// its default.
-    pub fn new(replica_database_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+    /// A configuration with the required URLs and every other setting at its
+    /// default.
+    pub fn new(
+        primary_database_url: impl Into<String>,
+        replica_database_urls: Vec<String>,
+        redis_url: impl Into<String>,
+    ) -> Self {
         Self {
             http_addr: Self::DEFAULT_HTTP_ADDR,
-            replica_database_url: replica_database_url.into(),
+            primary_database_url: primary_database_url.into(),
+            replica_database_urls,
             redis_url: redis_url.into(),
-            replica_pool_size: Self::DEFAULT_REPLICA_POOL_SIZE,
-            replica_acquire_timeout: Self::DEFAULT_REPLICA_ACQUIRE_TIMEOUT,
-            replica_statement_timeout: Self::DEFAULT_REPLICA_STATEMENT_TIMEOUT,
-            redis_timeout: Self::DEFAULT_REDIS_TIMEOUT,
+            replica_pool_size: 16,
+            primary_pool_size: 4,
+            read_attempt_timeout: Duration::from_millis(500),
+            read_deadline: Duration::from_millis(2000),
+            read_statement_timeout: Duration::from_millis(2000),
+            replica_max_lag: Duration::from_millis(2000),
+            primary_fallback: PrimaryFallback::Allow,
+            replica_check_interval: Duration::from_millis(250),
+            consistent_read_replica_wait: Duration::from_millis(500),
+            consistent_read_timeout: Duration::from_millis(1000),
+            redis_timeout: Duration::from_millis(200),
+            local_cache_capacity: 100_000,
+            local_cache_ttl: Duration::from_secs(30),
+            redis_cache_ttl: Duration::from_secs(600),
         }
     }
 
-    /// Reads `QUERY_HTTP_ADDR`, `REPLICA_DATABASE_URL` (required), `REDIS_URL`
-    /// (required), `REPLICA_POOL_SIZE`, `REPLICA_ACQUIRE_TIMEOUT_MS`,
-    /// `REPLICA_STATEMENT_TIMEOUT_MS` and `REDIS_TIMEOUT_MS`.
+    /// Reads every variable named on the fields; `PRIMARY_DATABASE_URL` and
+    /// `REDIS_URL` are required.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let defaults = Self::new(String::new(), String::new());
+        let d = Self::new(String::new(), Vec::new(), String::new());
+        let ms = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(optional(name, millis(default))?))
+        };
+        let positive_ms = |name: &'static str, default: Duration| {
+            ms(name, default).and_then(|value| positive(name, value))
+        };
         Ok(Self {
-            http_addr: optional("QUERY_HTTP_ADDR", defaults.http_addr)?,
-            replica_database_url: required("REPLICA_DATABASE_URL")?,
+            http_addr: optional("QUERY_HTTP_ADDR", d.http_addr)?,
+            primary_database_url: required("PRIMARY_DATABASE_URL")?,
+            replica_database_urls: url_list(&optional("REPLICA_DATABASE_URLS", String::new())?),
             redis_url: required("REDIS_URL")?,
             replica_pool_size: positive(
                 "REPLICA_POOL_SIZE",
-                optional("REPLICA_POOL_SIZE", defaults.replica_pool_size)?,
+                optional("REPLICA_POOL_SIZE", d.replica_pool_size)?,
             )?,
-            replica_acquire_timeout: Duration::from_millis(positive(
-                "REPLICA_ACQUIRE_TIMEOUT_MS",
-                optional(
-                    "REPLICA_ACQUIRE_TIMEOUT_MS",
-                    millis(defaults.replica_acquire_timeout),
-                )?,
-            )?),
-            replica_statement_timeout: Duration::from_millis(optional(
-                "REPLICA_STATEMENT_TIMEOUT_MS",
-                millis(defaults.replica_statement_timeout),
-            )?),
-            redis_timeout: Duration::from_millis(positive(
-                "REDIS_TIMEOUT_MS",
-                optional("REDIS_TIMEOUT_MS", millis(defaults.redis_timeout))?,
+            primary_pool_size: positive(
+                "PRIMARY_POOL_SIZE",
+                optional("PRIMARY_POOL_SIZE", d.primary_pool_size)?,
+            )?,
+            read_attempt_timeout: positive_ms("READ_ATTEMPT_TIMEOUT_MS", d.read_attempt_timeout)?,
+            read_deadline: positive_ms("READ_DEADLINE_MS", d.read_deadline)?,
+            read_statement_timeout: ms("READ_STATEMENT_TIMEOUT_MS", d.read_statement_timeout)?,
+            replica_max_lag: positive_ms("REPLICA_MAX_LAG_MS", d.replica_max_lag)?,
+            primary_fallback: optional("PRIMARY_FALLBACK", d.primary_fallback)?,
+            replica_check_interval: positive_ms(
+                "REPLICA_CHECK_INTERVAL_MS",
+                d.replica_check_interval,
+            )?,
+            consistent_read_replica_wait: ms(
+                "CONSISTENT_READ_REPLICA_WAIT_MS",
+                d.consistent_read_replica_wait,
+            )?,
+            consistent_read_timeout: positive_ms(
+                "CONSISTENT_READ_TIMEOUT_MS",
+                d.consistent_read_timeout,
+            )?,
+            redis_timeout: positive_ms("REDIS_TIMEOUT_MS", d.redis_timeout)?,
+            local_cache_capacity: optional("LOCAL_CACHE_CAPACITY", d.local_cache_capacity)?,
+            local_cache_ttl: positive_ms("LOCAL_CACHE_TTL_MS", d.local_cache_ttl)?,
+            redis_cache_ttl: Duration::from_secs(positive(
+                "REDIS_CACHE_TTL_S",
+                optional("REDIS_CACHE_TTL_S", d.redis_cache_ttl.as_secs())?,
             )?),
         })
     }
+}
+
+/// `a, b,,c` → `[a, b, c]`.
+fn url_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A zero pool size or zero wait would fail every request, so it is refused
 /// at start-up rather than discovered under load.
 fn positive<T>(name: &'static str, value: T) -> Result<T, ConfigError>
 where
-    T: PartialOrd + Default + fmt::Display,
+    T: PartialOrd + Default + fmt::Debug,
 {
     if value > T::default() {
         Ok(value)
     } else {
         Err(ConfigError::Invalid {
             name,
-            value: value.to_string(),
+            value: format!("{value:?}"),
             reason: "must be greater than 0".to_owned(),
         })
     }
@@ -127,14 +226,33 @@ fn millis(duration: Duration) -> u64 {
 /// URLs carry passwords; `Debug` output ends up in logs.
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let replicas: Vec<String> = self
+            .replica_database_urls
+            .iter()
+            .map(|url| redact(url))
+            .collect();
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
-            .field("replica_database_url", &redact(&self.replica_database_url))
+            .field("primary_database_url", &redact(&self.primary_database_url))
+            .field("replica_database_urls", &replicas)
             .field("redis_url", &redact(&self.redis_url))
             .field("replica_pool_size", &self.replica_pool_size)
-            .field("replica_acquire_timeout", &self.replica_acquire_timeout)
-            .field("replica_statement_timeout", &self.replica_statement_timeout)
+            .field("primary_pool_size", &self.primary_pool_size)
+            .field("read_attempt_timeout", &self.read_attempt_timeout)
+            .field("read_deadline", &self.read_deadline)
+            .field("read_statement_timeout", &self.read_statement_timeout)
+            .field("replica_max_lag", &self.replica_max_lag)
+            .field("primary_fallback", &self.primary_fallback)
+            .field("replica_check_interval", &self.replica_check_interval)
+            .field(
+                "consistent_read_replica_wait",
+                &self.consistent_read_replica_wait,
+            )
+            .field("consistent_read_timeout", &self.consistent_read_timeout)
             .field("redis_timeout", &self.redis_timeout)
+            .field("local_cache_capacity", &self.local_cache_capacity)
+            .field("local_cache_ttl", &self.local_cache_ttl)
+            .field("redis_cache_ttl", &self.redis_cache_ttl)
             .finish()
     }
 }
@@ -154,35 +272,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn new_uses_documented_defaults() {
-        let config = Config::new("postgres://r", "redis://c");
-        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8081");
-        assert_eq!(config.replica_pool_size, 16);
-        assert_eq!(config.replica_acquire_timeout, Duration::from_millis(2000));
-        assert_eq!(
-            config.replica_statement_timeout,
-            Duration::from_millis(5000)
-        );
-        assert_eq!(config.redis_timeout, Duration::from_millis(200));
-    }
-
-    #[test]
-    fn debug_hides_credentials() {
+    fn debug_output_hides_passwords() {
         let config = Config::new(
-            "postgres://app:s3cret@db:5432/app",
-            "redis://:hunter2@cache:6379/",
+            "postgres://app:secret@db:5432/app",
+            vec!["postgres://app:hidden@replica:5432/app".to_owned()],
+            "redis://:pw@cache:6379/",
         );
         let debug = format!("{config:?}");
-        assert!(
-            !debug.contains("s3cret") && !debug.contains("hunter2"),
-            "{debug}"
-        );
-        assert!(debug.contains("postgres://***@db:5432/app"), "{debug}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(!debug.contains("hidden"), "{debug}");
+        assert!(!debug.contains(":pw@"), "{debug}");
+        assert!(debug.contains("***@db:5432/app"), "{debug}");
     }
 
     #[test]
-    fn zero_is_rejected_where_it_would_fail_every_request() {
-        assert!(positive("X", 0_u32).is_err());
-        assert_eq!(positive("X", 3_u64).ok(), Some(3));
+    fn replica_list_ignores_blanks() {
+        assert_eq!(url_list(""), Vec::<String>::new());
+        assert_eq!(url_list(" a , ,b,"), vec!["a".to_owned(), "b".to_owned()]);
+    }
+
+    #[test]
+    fn fallback_parses_allow_and_deny_only() {
+        assert_eq!("allow".parse(), Ok(PrimaryFallback::Allow));
+        assert_eq!("deny".parse(), Ok(PrimaryFallback::Deny));
+        assert!("maybe".parse::<PrimaryFallback>().is_err());
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_would_fail_every_request() {
+        assert!(positive("X", 0u32).is_err());
+        assert!(positive("X", Duration::ZERO).is_err());
+        assert_eq!(positive("X", 3u32).ok(), Some(3));
     }
 }

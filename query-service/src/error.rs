@@ -23,6 +23,24 @@ pub enum QueryError {
     /// cancelled the statement (timeout, recovery conflict). Retrying helps.
     #[error("read replica unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// An attempt on one database outlived its budget.
+    #[error("{database} did not answer in time")]
+    DeadlineExceeded { database: String },
+    /// No replica is healthy and within the lag bound, and the primary may
+    /// not be read (`PRIMARY_FALLBACK=deny`) or is down too.
+    #[error("no database qualifies for reads")]
+    NoDatabase,
+    /// The read carried a consistency token and no database had data that
+    /// fresh within `CONSISTENT_READ_TIMEOUT_MS`.
+    #[error("the read model has not caught up with the consistency token yet")]
+    NotYetConsistent,
+    /// The `consistency-token` header is not a token this service issued.
+    #[error("invalid consistency token: {0}")]
+    InvalidToken(String),
+    /// The failure of a read another request made for this one (single
+    /// flight): the same answer.
+    #[error(transparent)]
+    Shared(std::sync::Arc<QueryError>),
     /// Any other database failure; retrying will not help.
     #[error("read replica query failed")]
     Database(#[source] sqlx::Error),
@@ -57,10 +75,45 @@ impl QueryError {
             )
             .with_detail("the read replica did not answer in time; retry shortly")
             .with_retry_after(1),
+            Self::DeadlineExceeded { .. } | Self::NoDatabase => Problem::typed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/read-model-unavailable",
+                "Read model temporarily unavailable",
+            )
+            .with_detail("no read database answered in time; retry shortly")
+            .with_retry_after(1),
+            Self::NotYetConsistent => Problem::typed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/not-yet-consistent",
+                "Not yet consistent",
+            )
+            .with_detail(
+                "the read model has not caught up with the consistency token yet; retry shortly",
+            )
+            .with_retry_after(1),
+            Self::InvalidToken(reason) => Problem::typed(
+                StatusCode::BAD_REQUEST,
+                "/problems/invalid-consistency-token",
+                "Invalid consistency token",
+            )
+            .with_detail(reason.clone()),
+            Self::Shared(error) => error.to_problem(),
             Self::Database(_) | Self::CorruptReadModel(_) => {
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
                     .with_detail("the read model could not be queried")
             }
+        }
+    }
+}
+
+impl QueryError {
+    /// A failure another database (or a later attempt) may not have: the
+    /// router moves on to the next database and takes this one out.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) | Self::DeadlineExceeded { .. } => true,
+            Self::Shared(error) => error.is_retryable(),
+            _ => false,
         }
     }
 }

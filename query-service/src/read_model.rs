@@ -1,7 +1,8 @@
 //! Every SQL statement query-service runs, one function per query, all
 //! checked against the schema at compile time by `sqlx::query_as!`.
 //!
-//! The pool behind these functions points at the read replica. The rows are
+//! The pool behind these functions is a read replica or, as a fallback,
+//! the primary (see `replicas`). The rows are
 //! written by the projector; a row that does not decode is reported as
 //! [`QueryError::CorruptReadModel`] rather than served half-valid.
 
@@ -51,12 +52,26 @@ pub struct DailySales {
     pub revenue_minor: i64,
 }
 
-/// `SELECT 1` on the replica: can a connection be had and used?
-pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query!(r#"SELECT 1 AS "one!""#)
-        .fetch_one(pool)
-        .await?;
-    Ok(())
+/// The version of an order in the read model (`None` if not projected yet).
+pub async fn order_version(pool: &PgPool, order_id: Uuid) -> Result<Option<i64>, QueryError> {
+    let version = sqlx::query_scalar!(
+        "SELECT version FROM order_summary WHERE order_id = $1",
+        order_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(version)
+}
+
+/// The version of a product in the read model (`None` if not projected yet).
+pub async fn product_version(pool: &PgPool, product_id: Uuid) -> Result<Option<i64>, QueryError> {
+    let version = sqlx::query_scalar!(
+        "SELECT version FROM product_catalog WHERE product_id = $1",
+        product_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(version)
 }
 
 /// The `order_summary` row of an order, as the same document Redis holds.

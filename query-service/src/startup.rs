@@ -1,32 +1,37 @@
 //! Building and running the HTTP server.
 
 use std::net::{SocketAddr, TcpListener};
-use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
+use schema::views::{ORDER_SUMMARY_KEY_PREFIX, PRODUCT_KEY_PREFIX};
 use service_runtime::shutdown::CancellationToken;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 
-use crate::cache::{self, OrderCache};
+use crate::cache::{self, Caches, DocumentCache, Feed, RedisTier};
 use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::replicas::ReadRouter;
 use crate::routes;
 
 /// Request bodies are not read by any route; the limit only bounds what a
 /// client can make the server buffer.
 const JSON_BODY_LIMIT: usize = 16 * 1024;
+/// How long start-up waits for the first health check of the databases.
+const FIRST_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the service could not start. Only misconfiguration and a taken port
-/// stop it: an unreachable replica or Redis does not.
+/// stop it: unreachable databases or Redis do not.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("REPLICA_DATABASE_URL is not a valid Postgres URL")]
+    #[error("a database URL is not a valid Postgres URL")]
     InvalidDatabaseUrl(#[source] sqlx::Error),
     #[error("REDIS_URL is not a valid Redis URL")]
     InvalidRedisUrl(#[source] redis::RedisError),
+    #[error("cannot register metrics")]
+    Metrics(#[source] prometheus::Error),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -35,26 +40,78 @@ pub enum StartupError {
     },
 }
 
+/// What the handlers share: the router over the databases, the caches and
+/// what feeds them, and the metrics.
+#[derive(Clone)]
+pub struct State {
+    pub router: Arc<ReadRouter>,
+    pub redis: Arc<RedisTier>,
+    pub feed: Arc<Feed>,
+    pub caches: Arc<Caches>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl State {
+    /// Pools and caches, nothing connected yet.
+    pub fn new(config: &Config) -> Result<Self, StartupError> {
+        let router = Arc::new(ReadRouter::new(config).map_err(StartupError::InvalidDatabaseUrl)?);
+        let redis = Arc::new(
+            RedisTier::new(&config.redis_url, config.redis_timeout)
+                .map_err(StartupError::InvalidRedisUrl)?,
+        );
+        let feed = Arc::new(Feed::default());
+        let cache = |prefix| {
+            Arc::new(DocumentCache::new(
+                prefix,
+                config.local_cache_capacity,
+                config.local_cache_ttl,
+                Arc::clone(&redis),
+                config.redis_cache_ttl,
+                Arc::clone(&feed),
+            ))
+        };
+        let caches = Arc::new(Caches {
+            orders: cache(ORDER_SUMMARY_KEY_PREFIX),
+            products: cache(PRODUCT_KEY_PREFIX),
+        });
+        let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
+        Ok(Self {
+            router,
+            redis,
+            feed,
+            caches,
+            metrics,
+        })
+    }
+
+    /// Makes the state available to the handlers.
+    pub fn register(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::from(Arc::clone(&self.router)))
+            .app_data(web::Data::from(Arc::clone(&self.redis)))
+            .app_data(web::Data::from(Arc::clone(&self.feed)))
+            .app_data(web::Data::from(Arc::clone(&self.caches)))
+            .app_data(web::Data::from(Arc::clone(&self.metrics)));
+    }
+}
+
 /// A bound, not yet running query-service.
 pub struct Application {
     port: u16,
     server: Server,
-    cache: Arc<OrderCache>,
+    state: State,
 }
 
 impl Application {
     /// Binds `config.http_addr` (port 0 picks a free port) and prepares the
-    /// server. Connections to the replica are opened lazily, on first use, so
-    /// the service starts while the replica is down; Redis gets one short
-    /// connection attempt here and is retried in the background by
+    /// server. Database connections open lazily; one health check of every
+    /// database (bounded) runs here so the first requests are routed on
+    /// facts, and Redis gets one short connection attempt. The monitors,
+    /// the invalidation feed and Redis reconnects run in
     /// [`Application::run_until_stopped`].
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let pool = replica_pool(&config)?;
-        let cache = Arc::new(
-            OrderCache::new(&config.redis_url, config.redis_timeout)
-                .map_err(StartupError::InvalidRedisUrl)?,
-        );
-        cache.connect().await;
+        let state = State::new(&config)?;
+        let _ = tokio::time::timeout(FIRST_CHECK_TIMEOUT, state.router.check_all()).await;
+        state.redis.connect().await;
 
         let bind_error = |source| StartupError::Bind {
             addr: config.http_addr,
@@ -63,16 +120,14 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr).map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
 
-        let pool = web::Data::new(pool);
-        let cache_data = web::Data::from(Arc::clone(&cache));
+        let shared = state.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::default())
                 .app_data(problem_details::json_config(JSON_BODY_LIMIT))
                 .app_data(problem_details::path_config())
                 .app_data(problem_details::query_config())
-                .app_data(pool.clone())
-                .app_data(cache_data.clone())
+                .configure(|cfg| shared.register(cfg))
                 .configure(routes::configure)
                 .default_service(web::to(problem_details::route_not_found))
         })
@@ -87,7 +142,7 @@ impl Application {
         Ok(Self {
             port,
             server,
-            cache,
+            state,
         })
     }
 
@@ -98,12 +153,23 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then stops accepting connections
     /// and lets in-flight requests finish (actix's graceful shutdown) before
-    /// returning.
+    /// returning. Runs the database monitors, the invalidation feed and the
+    /// Redis reconnects alongside, all stopped by the same token.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let reconnect = tokio::spawn(cache::keep_connecting(
-            Arc::clone(&self.cache),
-            shutdown.child_token(),
-        ));
+        let background = shutdown.child_token();
+        let tasks = [
+            tokio::spawn(Arc::clone(&self.state.router).monitor(background.clone())),
+            tokio::spawn(cache::keep_connecting(
+                Arc::clone(&self.state.redis),
+                background.clone(),
+            )),
+            tokio::spawn(cache::follow_invalidations(
+                self.state.redis.client().clone(),
+                self.state.caches.all(),
+                Arc::clone(&self.state.feed),
+                background.clone(),
+            )),
+        ];
         let handle = self.server.handle();
         let mut server = std::pin::pin!(self.server);
         let result = tokio::select! {
@@ -116,29 +182,12 @@ impl Application {
                 result
             }
         };
-        reconnect.abort();
+        background.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
         result
     }
-}
-
-/// A pool that connects on demand. Per-connection settings go in the startup
-/// packet (`options`), so they hold from the first statement on.
-fn replica_pool(config: &Config) -> Result<PgPool, StartupError> {
-    let statement_timeout_ms = config.replica_statement_timeout.as_millis();
-    let options = PgConnectOptions::from_str(&config.replica_database_url)
-        .map_err(StartupError::InvalidDatabaseUrl)?
-        .application_name("query-service")
-        .options([
-            ("statement_timeout", format!("{statement_timeout_ms}ms")),
-            // A real replica refuses writes anyway; this makes a development
-            // set-up pointing at the primary refuse them too.
-            ("default_transaction_read_only", "on".to_owned()),
-        ]);
-    Ok(service_runtime::postgres::pool_options(
-        config.replica_pool_size,
-        config.replica_acquire_timeout,
-    )
-    .connect_lazy_with(options))
 }
 
 #[cfg(test)]
@@ -154,7 +203,11 @@ mod tests {
     async fn starts_without_dependencies_and_stops_when_cancelled() {
         let config = Config {
             http_addr: "127.0.0.1:0".parse().expect("addr"),
-            ..Config::new("postgres://app:app@127.0.0.1:1/app", "redis://127.0.0.1:1/")
+            ..Config::new(
+                "postgres://app:app@127.0.0.1:1/app",
+                vec!["postgres://app:app@127.0.0.1:2/app".to_owned()],
+                "redis://127.0.0.1:1/",
+            )
         };
         let app = Application::build(config).await.expect("build");
         let port = app.port();
@@ -184,14 +237,15 @@ mod tests {
     #[tokio::test]
     async fn malformed_urls_stop_start_up() {
         let bad_db = Config::new(
-            "postgres://app@127.0.0.1:notaport/app",
+            "postgres://app:app@127.0.0.1:1/app",
+            vec!["postgres://app@127.0.0.1:notaport/app".to_owned()],
             "redis://127.0.0.1:1/",
         );
         assert!(matches!(
             Application::build(bad_db).await,
             Err(StartupError::InvalidDatabaseUrl(_))
         ));
-        let bad_redis = Config::new("postgres://app:app@127.0.0.1:1/app", "nope://");
+        let bad_redis = Config::new("postgres://app:app@127.0.0.1:1/app", vec![], "nope://");
         assert!(matches!(
             Application::build(bad_redis).await,
             Err(StartupError::InvalidRedisUrl(_))

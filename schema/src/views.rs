@@ -16,15 +16,27 @@ pub fn order_summary_key(order_id: Uuid) -> String {
     format!("{ORDER_SUMMARY_KEY_PREFIX}{order_id}")
 }
 
+/// What every [`product_key`] starts with.
+pub const PRODUCT_KEY_PREFIX: &str = "product:";
+
 /// Cache key of a product in the catalog.
 pub fn product_key(product_id: Uuid) -> String {
-    format!("product:{product_id}")
+    format!("{PRODUCT_KEY_PREFIX}{product_id}")
 }
 
 /// Cache key of a customer's order history (every list of it).
 pub fn customer_history_key(customer_id: Uuid) -> String {
     format!("customer_history:{customer_id}")
 }
+
+/// Hash field of a document key holding the document's version. Every
+/// document in Redis is a hash of this and [`DOCUMENT_BODY_FIELD`]; a hash
+/// with a version and no body is a tombstone: "this version exists", so a
+/// cache fill of an older one must be refused.
+pub const DOCUMENT_VERSION_FIELD: &str = "version";
+
+/// Hash field of a document key holding the JSON body served to clients.
+pub const DOCUMENT_BODY_FIELD: &str = "body";
 
 /// Redis pub/sub channel carrying [`Invalidations`] from the projector to
 /// every query-service instance (see docs/adr/0009).

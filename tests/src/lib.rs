@@ -1,6 +1,6 @@
 //! The end-to-end harness: one real stack per test binary.
 //!
-//! [`stack()`] starts, on first use, Postgres primary + streaming replica,
+//! [`stack()`] starts, on first use, Postgres primary + two streaming replicas,
 //! Redis and the Kafka-protocol broker through the project's own
 //! `deploy/local/stack infra-up` (free loopback ports, a fresh directory), then
 //! runs command-service, projector and query-service in-process on a runtime of
@@ -23,7 +23,11 @@ use service_runtime::shutdown::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct Stack {
     pub primary_url: String,
+    /// Replica 1, `replica_urls[0]`: for tests that read one replica directly.
     pub replica_url: String,
+    /// Every streaming replica, replica 1 (`replica_url`) first: query-side
+    /// tests need more than one to lag or fail one while the other serves.
+    pub replica_urls: Vec<String>,
     pub redis_url: String,
     pub brokers: String,
     pub topic_prefix: String,
@@ -58,7 +62,51 @@ impl Stack {
     /// Sends `signal` to the primary's postmaster and all its children:
     /// `STOP` freezes every open connection too, as a hung host would.
     pub fn signal_primary(&self, signal: &str) {
-        let pidfile = self.dir.join("pg-primary").join("postmaster.pid");
+        self.signal_postgres("pg-primary", signal);
+    }
+
+    /// Sends `signal` to replica `index`'s (0 or 1, as in `replica_urls`)
+    /// postmaster and all its children, like [`Stack::signal_primary`]: `STOP`
+    /// hangs the pooled connections a reader already holds, not just new
+    /// ones, which is what a replica that stops answering looks like.
+    pub fn signal_replica(&self, index: usize, signal: &str) {
+        self.signal_postgres(replica_data_dir(index), signal);
+    }
+
+    /// Sets replica `index`'s (0 or 1, as in `replica_urls`)
+    /// `recovery_min_apply_delay` while it runs, through `deploy/local/stack
+    /// replica-delay`: replication lag on demand, so a test can make one
+    /// replica stale on purpose. `None` (or zero) turns it off, and WAL the
+    /// replica was holding back is then applied at once; a change re-times
+    /// WAL already held back. The delay counts from each commit on the
+    /// primary, in whole milliseconds. Returns once new sessions on the
+    /// replica see the value; panics with the script's output on failure.
+    pub fn set_replica_apply_delay(&self, index: usize, delay: Option<Duration>) {
+        let replica = replica_data_dir(index);
+        let value = match delay {
+            Some(delay) if delay.as_millis() > 0 => format!("{}ms", delay.as_millis()),
+            _ => "off".to_owned(),
+        };
+        let output = Command::new(repo_root().join("deploy/local/stack"))
+            .args(["replica-delay", &(index + 1).to_string(), &value])
+            .env("STACK_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run deploy/local/stack replica-delay");
+        assert!(
+            output.status.success(),
+            "stack replica-delay {} {value} ({replica}) failed:\n{}\n{}",
+            index + 1,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Signals the postmaster of `<stack dir>/<data_dir>` (pid from its
+    /// `postmaster.pid`) and its children: signalling the postmaster alone
+    /// would leave the backends behind open connections running.
+    fn signal_postgres(&self, data_dir: &str, signal: &str) {
+        let pidfile = self.dir.join(data_dir).join("postmaster.pid");
         let pid = std::fs::read_to_string(&pidfile)
             .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
         let pid = pid.lines().next().unwrap_or_default().trim().to_owned();
@@ -72,7 +120,20 @@ impl Stack {
             .arg(&pid)
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -{signal} postgres primary failed");
+        assert!(
+            status.success(),
+            "kill -{signal} postgres {data_dir} failed"
+        );
+    }
+}
+
+/// The data dir (under `Stack::dir`) of replica `index` (0-based, as in
+/// `Stack::replica_urls`); named by `deploy/local/stack`.
+fn replica_data_dir(index: usize) -> &'static str {
+    match index {
+        0 => "pg-replica",
+        1 => "pg-replica2",
+        _ => panic!("the stack has replicas 0 and 1, not {index}"),
     }
 }
 
@@ -152,10 +213,11 @@ pub fn free_port() -> u16 {
 /// Runs `stack infra-up` on freshly picked free ports; returns them, or None
 /// (after printing why and stopping what started) so the caller can retry:
 /// a port picked free can be taken by someone else before the server binds it.
-fn infra_up(script: &Path, dir: &Path, attempt: u32) -> Option<[(&'static str, u16); 4]> {
+fn infra_up(script: &Path, dir: &Path, attempt: u32) -> Option<[(&'static str, u16); 5]> {
     let ports = [
         ("PG_PRIMARY_PORT", free_port()),
         ("PG_REPLICA_PORT", free_port()),
+        ("PG_REPLICA2_PORT", free_port()),
         ("REDIS_PORT", free_port()),
         ("BROKER_PORT", free_port()),
     ];
@@ -231,10 +293,11 @@ fn start(services: Services) -> Stack {
         "postgres://app:app@127.0.0.1:{}/app",
         port("PG_PRIMARY_PORT")
     );
-    let replica_url = format!(
-        "postgres://app:app@127.0.0.1:{}/app",
-        port("PG_REPLICA_PORT")
-    );
+    let replica_urls: Vec<String> = ["PG_REPLICA_PORT", "PG_REPLICA2_PORT"]
+        .iter()
+        .map(|name| format!("postgres://app:app@127.0.0.1:{}/app", port(name)))
+        .collect();
+    let replica_url = replica_urls[0].clone();
     let redis_url = format!("redis://127.0.0.1:{}/", port("REDIS_PORT"));
     let brokers = format!("127.0.0.1:{}", port("BROKER_PORT"));
     let topics = event_bus::TopicSettings {
@@ -247,13 +310,14 @@ fn start(services: Services) -> Stack {
     let (command_port, query_port, projector_port) = run_services(
         services,
         primary_url.clone(),
-        replica_url.clone(),
+        replica_urls.clone(),
         redis_url.clone(),
         topics.clone(),
     );
     let stack = Stack {
         primary_url,
         replica_url,
+        replica_urls,
         redis_url,
         brokers,
         topic_prefix: topics.prefix,
@@ -271,7 +335,7 @@ fn start(services: Services) -> Stack {
 fn run_services(
     services: Services,
     primary_url: String,
-    replica_url: String,
+    replica_urls: Vec<String>,
     redis_url: String,
     topics: event_bus::TopicSettings,
 ) -> (u16, u16, Option<u16>) {
@@ -284,10 +348,11 @@ fn run_services(
             .expect("services runtime");
         runtime.block_on(async move {
             let shutdown = CancellationToken::new();
-            let query = query_service::startup::Application::build(query_service::config::Config {
-                http_addr: "127.0.0.1:0".parse().expect("socket address"),
-                ..query_service::config::Config::new(replica_url, redis_url.clone())
-            })
+            let query = query_service::startup::Application::build(query_service_config(
+                &primary_url,
+                replica_urls,
+                &redis_url,
+            ))
             .await
             .expect("query-service builds");
             let query_port = query.port();
@@ -693,5 +758,54 @@ where
             "timed out after {deadline:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The query-service configuration of the test stack: both replicas, port
+/// 0, checks every 100 ms so that tests see health changes quickly.
+fn query_service_config(
+    primary_url: &str,
+    replica_urls: Vec<String>,
+    redis_url: &str,
+) -> query_service::config::Config {
+    query_service::config::Config {
+        http_addr: "127.0.0.1:0".parse().expect("socket address"),
+        replica_check_interval: Duration::from_millis(100),
+        ..query_service::config::Config::new(primary_url, replica_urls, redis_url)
+    }
+}
+
+/// A query-service of a test's own, on the shared stack, configured by the
+/// test (fallback policy, lag bound, ...). Runs on the test's runtime and
+/// stops when dropped.
+pub struct QueryService {
+    pub url: String,
+    stop: CancellationToken,
+}
+
+impl QueryService {
+    /// Builds and starts one; `configure` adjusts the stack's defaults.
+    pub async fn start(configure: impl FnOnce(&mut query_service::config::Config)) -> Self {
+        // The binary's stack, whichever function started it (or stack()).
+        let stack = stack();
+        let mut config = query_service_config(
+            &stack.primary_url,
+            stack.replica_urls.clone(),
+            &stack.redis_url,
+        );
+        configure(&mut config);
+        let app = query_service::startup::Application::build(config)
+            .await
+            .expect("query-service builds");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(stop.clone()));
+        Self { url, stop }
+    }
+}
+
+impl Drop for QueryService {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }

@@ -359,6 +359,73 @@ async fn redis_refuses_a_summary_older_than_the_one_it_holds() {
     };
     assert_eq!(version(0xfeed).await, 3);
     assert_eq!(version(0xf00d).await, 1);
+    // Every summary expires eventually: the safety net for a lost write.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(schema::views::order_summary_key(Uuid::from_u128(0xfeed)))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= projector::redis_sink::DOCUMENT_TTL.as_millis() as i64,
+        "{ttl}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_changed_documents_leave_tombstones_that_never_move_back() {
+    use projector::store::BatchEffects;
+    use schema::views::{product_key, Invalidation};
+    let client = redis::Client::open(stack().redis_url.as_str()).unwrap();
+    let sink = projector::redis_sink::RedisSink::new(
+        redis::aio::ConnectionManager::new(client.clone())
+            .await
+            .unwrap(),
+    );
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let key = product_key(Uuid::new_v4());
+    // query-service cached version 1 of the product.
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("version")
+        .arg(1)
+        .arg("body")
+        .arg("{}")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let changed = |version: i64| BatchEffects {
+        summaries: vec![],
+        invalidations: vec![Invalidation {
+            key: key.clone(),
+            version,
+        }],
+    };
+    sink.apply(&changed(3)).await;
+    let read = |mut connection: redis::aio::MultiplexedConnection| {
+        let key = key.clone();
+        async move {
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("version")
+                .arg("body")
+                .query_async::<(Option<i64>, Option<String>)>(&mut connection)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(read(connection.clone()).await, (Some(3), None));
+    // A late, older signal (a replayed batch) leaves it alone.
+    sink.apply(&changed(2)).await;
+    assert_eq!(read(connection.clone()).await, (Some(3), None));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= projector::redis_sink::TOMBSTONE_TTL.as_millis() as i64,
+        "{ttl}"
+    );
 }
 
 /// Sum of `projector_lag_events` and max of `projector_lag_seconds` over the

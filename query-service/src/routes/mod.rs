@@ -11,8 +11,8 @@ pub mod orders;
 pub mod products;
 pub mod reports;
 
-/// Registers every route. The app must also hold `web::Data<sqlx::PgPool>`
-/// (the replica) and `web::Data<crate::cache::OrderCache>`.
+/// Registers every route. The app must also hold the shared state
+/// ([`crate::startup::State::register`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/orders/{id}", orders::get_order))
         .service(get("/customers/{id}/orders", customers::list_orders))
@@ -20,7 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/products/{id}", products::get_product))
         .service(get("/reports/daily-sales", reports::daily_sales))
         .service(get("/health/live", health::live))
-        .service(get("/health/ready", health::ready));
+        .service(get("/health/ready", health::ready))
+        .service(get("/metrics", crate::metrics::scrape));
 }
 
 /// A GET-only resource. Its default service answers other methods with a 405
@@ -52,30 +53,28 @@ mod tests {
     //! that are not there (nothing listens on port 1). Reads that succeed are
     //! covered by the end-to-end suite, which runs the real stack.
 
-    use std::sync::Arc;
-    use std::time::Duration;
-
     use actix_web::http::header::HeaderMap;
     use actix_web::http::{header, StatusCode};
     use actix_web::{test, web, App};
     use serde_json::Value;
-    use sqlx::postgres::PgPoolOptions;
 
-    use crate::cache::OrderCache;
+    use crate::config::Config;
+    use crate::startup::State;
 
     async fn call(method: &str, uri: &str) -> (StatusCode, HeaderMap, Value) {
-        let pool = PgPoolOptions::new()
-            .acquire_timeout(Duration::from_millis(300))
-            .connect_lazy("postgres://app:app@127.0.0.1:1/app")
-            .expect("pool");
-        let cache =
-            OrderCache::new("redis://127.0.0.1:1/", Duration::from_millis(50)).expect("cache");
+        let config = Config::new(
+            "postgres://app:app@127.0.0.1:1/app",
+            vec!["postgres://app:app@127.0.0.1:1/app".to_owned()],
+            "redis://127.0.0.1:1/",
+        );
+        let state = State::new(&config).expect("state");
+        // What the monitor would find: nothing answers.
+        state.router.check_all().await;
         let app = test::init_service(
             App::new()
                 .app_data(problem_details::path_config())
                 .app_data(problem_details::query_config())
-                .app_data(web::Data::new(pool))
-                .app_data(web::Data::from(Arc::new(cache)))
+                .configure(|cfg| state.register(cfg))
                 .configure(super::configure)
                 .default_service(web::to(problem_details::route_not_found)),
         )
@@ -146,14 +145,14 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn liveness_does_not_need_the_replica() {
+    async fn liveness_does_not_need_a_database() {
         let (status, _, body) = call("GET", "/health/live").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["status"], "ok");
     }
 
     #[actix_web::test]
-    async fn unreachable_replica_is_503_with_retry_after() {
+    async fn unreachable_databases_are_503_with_retry_after() {
         for uri in ["/health/ready", ORDER, "/products", CUSTOMER] {
             let (status, headers, body) = call("GET", uri).await;
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");

@@ -1,32 +1,65 @@
 //! `GET /products/{id}` and `GET /products`: the product catalog.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use schema::views::product_key;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::cache::Caches;
+use crate::cache::Document;
+use crate::conditional::{self, PUBLIC_SHORT};
+use crate::consistency::{Aggregate, Requirement};
 use crate::error::QueryError;
+use crate::metrics::Metrics;
 use crate::params::page_limit;
 use crate::read_model::{self, Product};
+use crate::reads::{self, DocumentRead};
+use crate::replicas::{ReadRouter, Served};
 
 /// Default page size of `GET /products`.
 pub const DEFAULT_LIMIT: u32 = 50;
 /// Largest page size of `GET /products`.
 pub const MAX_LIMIT: u32 = 200;
 
-/// One product; 404 if the catalog does not have it.
+/// One product; 404 if the catalog does not have it. Cached in both tiers;
+/// honours `Cache-Control: no-cache`, `If-None-Match` and
+/// `consistency-token` (see [`reads::document`]).
 pub async fn get_product(
+    request: HttpRequest,
     path: web::Path<Uuid>,
-    pool: web::Data<PgPool>,
+    caches: web::Data<Caches>,
+    router: web::Data<ReadRouter>,
+    metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, QueryError> {
     let product_id = path.into_inner();
-    let product = read_model::product(&pool, product_id)
-        .await?
-        .ok_or_else(|| QueryError::NotFound {
-            resource: "product",
-            id: product_id.to_string(),
-        })?;
-    Ok(HttpResponse::Ok().json(product))
+    let read = DocumentRead {
+        key: product_key(product_id),
+        aggregate: Aggregate::Product,
+        id: product_id,
+        use_cache: !conditional::wants_no_cache(&request),
+        requirement: Requirement::from_request(&request)?,
+    };
+    let served = reads::document(&caches.products, &router, read, |pool| async move {
+        let product = read_model::product(&pool, product_id).await?;
+        product
+            .map(|product| {
+                let body = conditional::json_body(&product)?;
+                Ok(Document {
+                    version: product.version,
+                    body,
+                })
+            })
+            .transpose()
+    })
+    .await?
+    .ok_or_else(|| QueryError::NotFound {
+        resource: "product",
+        id: product_id.to_string(),
+    })?;
+    metrics.read("product", &served.from);
+    let etag = conditional::version_etag(served.value.version);
+    let served = served.map(|document| document.body);
+    Ok(conditional::respond(&request, served, &etag, PUBLIC_SHORT))
 }
 
 /// Query string of `GET /products`.
@@ -47,14 +80,29 @@ pub struct ProductPage {
 
 /// A page of products in product_id order (keyset pagination).
 pub async fn list_products(
+    request: HttpRequest,
     query: web::Query<ListQuery>,
-    pool: web::Data<PgPool>,
+    router: web::Data<ReadRouter>,
+    metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, QueryError> {
     let limit = page_limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = query.after;
+    let requirement = Requirement::from_request(&request)?;
     // One row more than asked tells whether another page exists, so the last
     // page says `null` instead of sending the client to an empty page.
-    let rows = read_model::products_after(&pool, query.after, limit + 1).await?;
-    Ok(HttpResponse::Ok().json(paginate(rows, limit)))
+    let served = reads::uncached(&router, requirement, |pool| async move {
+        read_model::products_after(&pool, after, limit + 1).await
+    })
+    .await?;
+    metrics.read("products", &served.from);
+    let body = conditional::json_body(&paginate(served.value, limit))
+        .map_err(|e| QueryError::CorruptReadModel(e.to_string()))?;
+    let etag = conditional::body_etag(&body);
+    let served = Served {
+        value: body,
+        from: served.from,
+    };
+    Ok(conditional::respond(&request, served, &etag, PUBLIC_SHORT))
 }
 
 fn paginate(mut rows: Vec<Product>, limit: i64) -> ProductPage {

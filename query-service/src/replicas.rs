@@ -1,0 +1,568 @@
+//! Lag-aware routing of reads over the read replicas, with the primary as a
+//! configurable fallback (docs/adr/0012).
+//!
+//! Every database (each replica and the primary) has its own pool, so one
+//! that stops answering holds only its own connections, and its own monitor
+//! task. The primary's monitor samples its WAL position into an
+//! [`LsnTimeline`]; a replica's monitor reads how far it has replayed and
+//! looks that position up in the timeline: the replica's lag is the age of
+//! the newest primary sample it has fully replayed (zero when it has
+//! replayed the newest). Unlike `now() - pg_last_xact_replay_timestamp()`
+//! this does not grow while the primary is idle, and unlike
+//! `pg_stat_replication` it needs no way to match replicas to walsenders.
+//! The monitors also read each database's copy of the projector checkpoints
+//! (`projector_offsets`): how many projected messages a replica trails.
+//!
+//! A read goes to a replica that is healthy and within the lag bound, round
+//! robin; an attempt that fails or outlives its budget takes that database
+//! out (until its monitor next succeeds) and the read moves on to the next
+//! one, within the read's deadline. Reads carrying a consistency token use
+//! [`ReadRouter::read_consistent`] instead, which ignores the lag bound and
+//! asks each database whether it has the data.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use service_runtime::shutdown::CancellationToken;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+
+use crate::config::{Config, PrimaryFallback};
+use crate::error::QueryError;
+
+/// Pause between the rounds of a consistent read that found no database
+/// fresh enough.
+const CONSISTENT_READ_POLL: Duration = Duration::from_millis(20);
+/// Primary WAL samples kept: at the default 250 ms interval, ten minutes.
+/// A replica behind the oldest sample is reported as lagging by its age.
+const TIMELINE_SAMPLES: usize = 2400;
+
+/// Whether a database is a replica or the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Replica,
+    Primary,
+}
+
+/// What the monitor last learned about one database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Health {
+    /// The last check (or read) succeeded.
+    pub healthy: bool,
+    /// Age of the newest primary write this database has not replayed
+    /// (zero for the primary); `None` until measured.
+    pub lag: Option<Duration>,
+    /// Projector messages (summed over partitions) the primary's checkpoints
+    /// are ahead of this database's copy of them.
+    pub checkpoint_lag: Option<i64>,
+}
+
+/// One database reads can go to.
+pub struct Database {
+    name: Arc<str>,
+    role: Role,
+    /// Pool for reads.
+    pool: PgPool,
+    /// One connection for the monitor, so that a pool full of stuck reads
+    /// cannot keep the monitor from noticing.
+    probe: PgPool,
+    health: Mutex<Health>,
+}
+
+impl Database {
+    fn new(
+        name: String,
+        role: Role,
+        url: &str,
+        pool_size: u32,
+        config: &Config,
+    ) -> Result<Self, sqlx::Error> {
+        let statement_timeout_ms = config.read_statement_timeout.as_millis();
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("query-service")
+            .options([
+                ("statement_timeout", format!("{statement_timeout_ms}ms")),
+                // A replica refuses writes anyway; this makes the primary
+                // (fallback) and a development set-up refuse them too.
+                ("default_transaction_read_only", "on".to_owned()),
+            ]);
+        let pool = |size| {
+            service_runtime::postgres::pool_options(size, config.read_attempt_timeout)
+                .connect_lazy_with(options.clone())
+        };
+        Ok(Self {
+            name: name.into(),
+            role,
+            pool: pool(pool_size),
+            probe: pool(1),
+            health: Mutex::new(Health::default()),
+        })
+    }
+
+    /// `replica-1`, `replica-2`, ... or `primary`: the `x-read-source`
+    /// header and the metric label.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn health(&self) -> Health {
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A read on this database failed in a way that says it is unreachable
+    /// or overloaded: stop sending reads until its monitor sees it healthy.
+    fn mark_failed(&self) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if health.healthy {
+            tracing::warn!(database = %self.name, "read failed; taking the database out until it answers its health check");
+        }
+        health.healthy = false;
+    }
+
+    fn record(&self, observed: Health) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if observed.healthy != health.healthy {
+            tracing::info!(database = %self.name, healthy = observed.healthy, lag = ?observed.lag, "database health changed");
+        }
+        *health = observed;
+    }
+}
+
+/// A value and the database (or cache tier) it was read from.
+#[derive(Debug, Clone)]
+pub struct Served<T> {
+    pub value: T,
+    pub from: Arc<str>,
+}
+
+impl<T> Served<T> {
+    /// The same source, the value transformed.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Served<U> {
+        Served {
+            value: f(self.value),
+            from: self.from,
+        }
+    }
+}
+
+/// Chooses the database for each read; see the module documentation.
+pub struct ReadRouter {
+    replicas: Vec<Arc<Database>>,
+    primary: Arc<Database>,
+    timeline: Mutex<LsnTimeline>,
+    next: AtomicUsize,
+    max_lag: Duration,
+    fallback: PrimaryFallback,
+    attempt_timeout: Duration,
+    deadline: Duration,
+    check_interval: Duration,
+    consistent_replica_wait: Duration,
+    consistent_timeout: Duration,
+}
+
+impl ReadRouter {
+    /// Pools for every database, connecting lazily. Fails only on a
+    /// malformed URL.
+    pub fn new(config: &Config) -> Result<Self, sqlx::Error> {
+        let replicas = config
+            .replica_database_urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                Database::new(
+                    format!("replica-{}", i + 1),
+                    Role::Replica,
+                    url,
+                    config.replica_pool_size,
+                    config,
+                )
+                .map(Arc::new)
+            })
+            .collect::<Result<_, _>>()?;
+        let primary = Arc::new(Database::new(
+            "primary".to_owned(),
+            Role::Primary,
+            &config.primary_database_url,
+            config.primary_pool_size,
+            config,
+        )?);
+        Ok(Self {
+            replicas,
+            primary,
+            timeline: Mutex::new(LsnTimeline::new(TIMELINE_SAMPLES)),
+            next: AtomicUsize::new(0),
+            max_lag: config.replica_max_lag,
+            fallback: config.primary_fallback,
+            attempt_timeout: config.read_attempt_timeout,
+            deadline: config.read_deadline,
+            check_interval: config.replica_check_interval,
+            consistent_replica_wait: config.consistent_read_replica_wait,
+            consistent_timeout: config.consistent_read_timeout,
+        })
+    }
+
+    /// Every database, replicas first.
+    pub fn databases(&self) -> impl Iterator<Item = &Arc<Database>> {
+        self.replicas.iter().chain(std::iter::once(&self.primary))
+    }
+
+    /// Runs `read` on a replica that is healthy and within the lag bound
+    /// (round robin), moving on to the next one when an attempt fails with a
+    /// retryable error or outlives its budget, then on the primary if
+    /// allowed. 503 ([`QueryError::NoDatabase`]) if none qualifies.
+    pub async fn read<T, F, Fut>(&self, read: F) -> Result<Served<T>, QueryError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, QueryError>>,
+    {
+        let deadline = Instant::now() + self.deadline;
+        let mut last_error = None;
+        for database in self.candidates() {
+            match self.attempt(&database, deadline, &read).await {
+                Ok(value) => {
+                    return Ok(Served {
+                        value,
+                        from: Arc::clone(&database.name),
+                    })
+                }
+                Err(error) if error.is_retryable() => last_error = Some(error),
+                Err(error) => return Err(error),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(last_error.unwrap_or(QueryError::NoDatabase))
+    }
+
+    /// Read-your-writes: runs `read` until it returns `Some` (the database
+    /// has data at least as fresh as the client asked for) on some healthy
+    /// database, lag bound ignored. Replicas are polled first; the primary
+    /// joins once [`Config::consistent_read_replica_wait`] has passed (or
+    /// when no replica is healthy), if fallback is allowed. Past
+    /// [`Config::consistent_read_timeout`] the answer is
+    /// [`QueryError::NotYetConsistent`]: never a silently stale one.
+    pub async fn read_consistent<T, F, Fut>(&self, read: F) -> Result<Served<T>, QueryError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<Option<T>, QueryError>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.consistent_timeout;
+        let mut asked_any = false;
+        loop {
+            let mut round: Vec<Arc<Database>> =
+                self.rotated(self.replicas.iter().filter(|r| r.health().healthy));
+            let replica_wait_over = started.elapsed() >= self.consistent_replica_wait;
+            if self.fallback == PrimaryFallback::Allow
+                && (replica_wait_over || round.is_empty())
+                && self.primary.health().healthy
+            {
+                round.push(Arc::clone(&self.primary));
+            }
+            for database in round {
+                asked_any = true;
+                match self.attempt(&database, deadline, &read).await {
+                    Ok(Some(value)) => {
+                        return Ok(Served {
+                            value,
+                            from: Arc::clone(&database.name),
+                        })
+                    }
+                    Ok(None) => {}
+                    Err(error) if error.is_retryable() => {}
+                    Err(error) => return Err(error),
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+            if Instant::now() + CONSISTENT_READ_POLL >= deadline {
+                return Err(if asked_any {
+                    QueryError::NotYetConsistent
+                } else {
+                    QueryError::NoDatabase
+                });
+            }
+            tokio::time::sleep(CONSISTENT_READ_POLL).await;
+        }
+    }
+
+    /// One attempt on one database within its budget; a retryable failure
+    /// takes the database out.
+    async fn attempt<T, F, Fut>(
+        &self,
+        database: &Database,
+        deadline: Instant,
+        read: &F,
+    ) -> Result<T, QueryError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, QueryError>>,
+    {
+        let budget = self
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let result = match tokio::time::timeout(budget, read(database.pool.clone())).await {
+            Ok(result) => result,
+            Err(_) => Err(QueryError::DeadlineExceeded {
+                database: database.name.to_string(),
+            }),
+        };
+        if let Err(error) = &result {
+            if error.is_retryable() {
+                tracing::warn!(database = %database.name, %error, "read attempt failed; trying the next database");
+                database.mark_failed();
+            }
+        }
+        result
+    }
+
+    /// Healthy replicas within the lag bound, rotated, then the primary if
+    /// fallback is allowed.
+    fn candidates(&self) -> Vec<Arc<Database>> {
+        let primary_healthy = self.primary.health().healthy;
+        let mut candidates = self.rotated(self.replicas.iter().filter(|replica| {
+            let health = replica.health();
+            // Lag is measured against the primary: while it has never been
+            // seen, the replicas are the best there is.
+            health.healthy
+                && match health.lag {
+                    Some(lag) => lag <= self.max_lag,
+                    None => !primary_healthy,
+                }
+        }));
+        if self.fallback == PrimaryFallback::Allow && primary_healthy {
+            candidates.push(Arc::clone(&self.primary));
+        }
+        candidates
+    }
+
+    fn rotated<'a>(
+        &self,
+        databases: impl Iterator<Item = &'a Arc<Database>>,
+    ) -> Vec<Arc<Database>> {
+        let mut list: Vec<Arc<Database>> = databases.cloned().collect();
+        if !list.is_empty() {
+            let start = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
+            list.rotate_left(start);
+        }
+        list
+    }
+
+    /// Whether a read without a consistency token would find a database
+    /// now (readiness).
+    pub fn can_serve(&self) -> bool {
+        !self.candidates().is_empty()
+    }
+
+    /// Checks every database once, the primary first (the replicas' lag is
+    /// measured against it). Used at start-up so the first requests are
+    /// routed on facts.
+    pub async fn check_all(&self) {
+        self.check(&self.primary).await;
+        futures::future::join_all(self.replicas.iter().map(|r| self.check(r))).await;
+    }
+
+    /// One health and lag check of `database`.
+    async fn check(&self, database: &Database) {
+        let observed =
+            match tokio::time::timeout(self.attempt_timeout, probe(&database.probe)).await {
+                Ok(Ok(position)) => Some(position),
+                Ok(Err(error)) => {
+                    tracing::debug!(database = %database.name, %error, "health check failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(database = %database.name, "health check timed out");
+                    None
+                }
+            };
+        let Some(position) = observed else {
+            let last = database.health();
+            database.record(Health {
+                healthy: false,
+                ..last
+            });
+            return;
+        };
+        let now = Instant::now();
+        let mut timeline = self.timeline.lock().unwrap_or_else(PoisonError::into_inner);
+        let health = match database.role {
+            Role::Primary => {
+                if let Some(lsn) = position.lsn {
+                    timeline.push(now, lsn, position.projected);
+                }
+                Health {
+                    healthy: true,
+                    lag: Some(Duration::ZERO),
+                    checkpoint_lag: Some(0),
+                }
+            }
+            Role::Replica => Health {
+                healthy: true,
+                lag: position.lsn.and_then(|lsn| timeline.lag(lsn, now)),
+                checkpoint_lag: timeline
+                    .latest_projected()
+                    .map(|p| (p - position.projected).max(0)),
+            },
+        };
+        drop(timeline);
+        database.record(health);
+    }
+
+    /// One monitor task per database, each checking every
+    /// [`Config::replica_check_interval`] until `stop` is cancelled. Separate
+    /// tasks, so a database that hangs delays only its own checks.
+    pub async fn monitor(self: Arc<Self>, stop: CancellationToken) {
+        let tasks = self.databases().cloned().map(|database| {
+            let router = Arc::clone(&self);
+            let stop = stop.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(router.check_interval) => {}
+                    }
+                    router.check(&database).await;
+                }
+            }
+        });
+        futures::future::join_all(tasks).await;
+    }
+}
+
+/// What one check reads.
+struct Position {
+    /// WAL replayed (replica) or written (primary), in bytes.
+    lsn: Option<i64>,
+    /// Sum of this database's copy of the projector checkpoints.
+    projected: i64,
+}
+
+async fn probe(pool: &PgPool) -> Result<Position, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT
+            pg_wal_lsn_diff(
+                CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                     ELSE pg_current_wal_lsn() END,
+                '0/0')::bigint AS lsn,
+            (SELECT coalesce(sum(next_offset), 0) FROM projector_offsets)::bigint AS "projected!"
+        "#
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Position {
+        lsn: row.lsn,
+        projected: row.projected,
+    })
+}
+
+/// The primary's WAL position over time, to turn a replica's replay
+/// position into a lag in seconds.
+#[derive(Debug)]
+pub struct LsnTimeline {
+    samples: VecDeque<(Instant, i64)>,
+    capacity: usize,
+    projected: Option<i64>,
+}
+
+impl LsnTimeline {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            samples: VecDeque::with_capacity(capacity),
+            capacity: capacity.max(1),
+            projected: None,
+        }
+    }
+
+    /// Records the primary at `lsn` (and its checkpoints at `projected`) at
+    /// `at`.
+    pub fn push(&mut self, at: Instant, lsn: i64, projected: i64) {
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((at, lsn));
+        self.projected = Some(projected);
+    }
+
+    pub fn latest_projected(&self) -> Option<i64> {
+        self.projected
+    }
+
+    /// How stale a database that replayed up to `replayed` is at `now`:
+    /// zero if it has the newest sample, else the age of the newest sample
+    /// it has (or of the oldest sample, a lower bound, if it has none);
+    /// `None` before the first sample.
+    pub fn lag(&self, replayed: i64, now: Instant) -> Option<Duration> {
+        let &(_, newest) = self.samples.back()?;
+        if replayed >= newest {
+            return Some(Duration::ZERO);
+        }
+        let since = self
+            .samples
+            .iter()
+            .rev()
+            .find(|(_, lsn)| *lsn <= replayed)
+            .or_else(|| self.samples.front())
+            .map(|(at, _)| *at)?;
+        Some(now.saturating_duration_since(since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_lag_when_the_newest_primary_position_is_replayed() {
+        let t0 = Instant::now();
+        let mut timeline = LsnTimeline::new(10);
+        assert_eq!(timeline.lag(0, t0), None);
+        timeline.push(t0, 100, 0);
+        timeline.push(t0 + Duration::from_secs(1), 100, 0);
+        // An idle primary: the replica stays current however old the write.
+        assert_eq!(
+            timeline.lag(100, t0 + Duration::from_secs(60)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_newest_sample_replayed() {
+        let t0 = Instant::now();
+        let mut timeline = LsnTimeline::new(10);
+        for (s, lsn) in [(0, 100), (1, 200), (2, 300), (3, 400)] {
+            timeline.push(t0 + Duration::from_secs(s), lsn, 0);
+        }
+        let now = t0 + Duration::from_secs(4);
+        assert_eq!(timeline.lag(250, now), Some(Duration::from_secs(3)));
+        assert_eq!(timeline.lag(300, now), Some(Duration::from_secs(2)));
+        // Behind every sample kept: the oldest one's age, a lower bound.
+        assert_eq!(timeline.lag(50, now), Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn old_samples_are_dropped_at_capacity() {
+        let t0 = Instant::now();
+        let mut timeline = LsnTimeline::new(2);
+        for (s, lsn) in [(0, 100), (1, 200), (2, 300)] {
+            timeline.push(t0 + Duration::from_secs(s), lsn, s as i64);
+        }
+        assert_eq!(timeline.samples.len(), 2);
+        assert_eq!(timeline.latest_projected(), Some(2));
+        assert_eq!(
+            timeline.lag(100, t0 + Duration::from_secs(3)),
+            Some(Duration::from_secs(2))
+        );
+    }
+}
