@@ -42,7 +42,7 @@ pub struct Config {
     /// own pool, so a stuck one cannot take the connections of the others.
     pub replica_pool_size: u32,
     /// Connections to the primary for fallback and consistent reads
-    /// (`PRIMARY_POOL_SIZE`); small on purpose, the primary serves writes.
+    /// (`PRIMARY_READ_POOL_SIZE`); small on purpose, the primary serves writes.
     pub primary_pool_size: u32,
     /// Budget of one attempt on one database, waiting for a connection
     /// included (`READ_ATTEMPT_TIMEOUT_MS`). Past it the read moves on to
@@ -161,8 +161,8 @@ impl Config {
                 optional("REPLICA_POOL_SIZE", d.replica_pool_size)?,
             )?,
             primary_pool_size: positive(
-                "PRIMARY_POOL_SIZE",
-                optional("PRIMARY_POOL_SIZE", d.primary_pool_size)?,
+                "PRIMARY_READ_POOL_SIZE",
+                optional("PRIMARY_READ_POOL_SIZE", d.primary_pool_size)?,
             )?,
             read_attempt_timeout: positive_ms("READ_ATTEMPT_TIMEOUT_MS", d.read_attempt_timeout)?,
             read_deadline: positive_ms("READ_DEADLINE_MS", d.read_deadline)?,

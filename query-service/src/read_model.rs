@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::QueryError;
-use crate::params::{DateRange, TimeRange};
+use crate::params::{DailySalesCursor, DateRange, HistoryCursor, TimeRange};
 
 /// One entry of a customer's order history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -95,38 +95,75 @@ pub async fn order_summary(
     row.map(OrderSummary::try_from).transpose()
 }
 
-/// A customer's order events in `[range.from, range.to)`, oldest first, at
-/// most `limit`.
+/// A customer's order events in `[range.from, range.to)` that sort after
+/// `after` (all of them when `None`), oldest first, at most `limit`: keyset
+/// pagination on (occurred_at, order_id, version), the primary key after
+/// `customer_id`.
 ///
 /// `customer_order_history` is range-partitioned by month on `occurred_at`.
 /// The WHERE clause compares the bare `occurred_at` column with `>= $2` and
 /// `< $3` on purpose: Postgres prunes partitions only when the partition key
 /// itself is constrained, so wrapping the column in a function or cast (e.g.
 /// `date_trunc`, `occurred_at::date`) would make every query scan every month.
+/// With a cursor, `$2` is the cursor's `occurred_at` (the range's `from` when
+/// that is later), so the months before the cursor are pruned too; the row
+/// comparison then skips the rows of that instant up to the cursor.
 pub async fn customer_order_history(
     pool: &PgPool,
     customer_id: Uuid,
     range: TimeRange,
+    after: Option<HistoryCursor>,
     limit: i64,
 ) -> Result<Vec<OrderHistoryItem>, QueryError> {
-    let rows = sqlx::query_as!(
-        OrderHistoryRow,
-        r#"
-        SELECT occurred_at, order_id, version, kind, amount_minor, currency
-        FROM customer_order_history
-        WHERE customer_id = $1
-          AND occurred_at >= $2
-          AND occurred_at < $3
-        ORDER BY occurred_at, order_id, version
-        LIMIT $4
-        "#,
-        customer_id,
-        range.from,
-        range.to,
-        limit
-    )
-    .fetch_all(pool)
-    .await?;
+    // A cursor before the range excludes no row of it.
+    let after = after.filter(|cursor| cursor.occurred_at >= range.from);
+    // Two statements rather than one with `$4 IS NULL OR ...`: each shape gets
+    // a plan that uses the primary key's range (as in `products_after`).
+    let rows = match after {
+        Some(after) => {
+            sqlx::query_as!(
+                OrderHistoryRow,
+                r#"
+                SELECT occurred_at, order_id, version, kind, amount_minor, currency
+                FROM customer_order_history
+                WHERE customer_id = $1
+                  AND occurred_at >= $2
+                  AND occurred_at < $3
+                  AND (occurred_at, order_id, version) > ($2, $4, $5)
+                ORDER BY occurred_at, order_id, version
+                LIMIT $6
+                "#,
+                customer_id,
+                after.occurred_at,
+                range.to,
+                after.order_id,
+                after.version,
+                limit
+            )
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as!(
+                OrderHistoryRow,
+                r#"
+                SELECT occurred_at, order_id, version, kind, amount_minor, currency
+                FROM customer_order_history
+                WHERE customer_id = $1
+                  AND occurred_at >= $2
+                  AND occurred_at < $3
+                ORDER BY occurred_at, order_id, version
+                LIMIT $4
+                "#,
+                customer_id,
+                range.from,
+                range.to,
+                limit
+            )
+            .fetch_all(pool)
+            .await?
+        }
+    };
     rows.into_iter().map(OrderHistoryItem::try_from).collect()
 }
 
@@ -190,30 +227,68 @@ pub async fn products_after(
     rows.into_iter().map(Product::try_from).collect()
 }
 
-/// `daily_sales` rows of the days in `range` (both ends included), optionally
-/// of one product, ordered by day, product_id (and currency, so the order is
-/// total).
+/// `daily_sales` rows of the days in `range` (both ends included) that sort
+/// after `after` (all of them when `None`), optionally of one product,
+/// ordered by day, product_id, currency (the primary key, so the order is
+/// total and the row comparison is an index range), at most `limit`.
+///
+/// The product filter stays `$3::uuid IS NULL OR product_id = $3`: no index
+/// leads with product_id, so it is a filter on the primary key's range
+/// either way and the OR form costs the plan nothing.
 pub async fn daily_sales(
     pool: &PgPool,
     range: DateRange,
     product_id: Option<Uuid>,
+    after: Option<&DailySalesCursor>,
+    limit: i64,
 ) -> Result<Vec<DailySales>, QueryError> {
-    let rows = sqlx::query_as!(
-        DailySales,
-        r#"
-        SELECT day, product_id, currency, units, revenue_minor
-        FROM daily_sales
-        WHERE day >= $1
-          AND day <= $2
-          AND ($3::uuid IS NULL OR product_id = $3)
-        ORDER BY day, product_id, currency
-        "#,
-        range.from,
-        range.to,
-        product_id
-    )
-    .fetch_all(pool)
-    .await?;
+    // A cursor before the range excludes no row of it.
+    let after = after.filter(|cursor| cursor.day >= range.from);
+    let rows = match after {
+        Some(after) => {
+            sqlx::query_as!(
+                DailySales,
+                r#"
+                SELECT day, product_id, currency, units, revenue_minor
+                FROM daily_sales
+                WHERE day >= $1
+                  AND day <= $2
+                  AND (day, product_id, currency) > ($1, $4, $5)
+                  AND ($3::uuid IS NULL OR product_id = $3)
+                ORDER BY day, product_id, currency
+                LIMIT $6
+                "#,
+                after.day,
+                range.to,
+                product_id,
+                after.product_id,
+                after.currency,
+                limit
+            )
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as!(
+                DailySales,
+                r#"
+                SELECT day, product_id, currency, units, revenue_minor
+                FROM daily_sales
+                WHERE day >= $1
+                  AND day <= $2
+                  AND ($3::uuid IS NULL OR product_id = $3)
+                ORDER BY day, product_id, currency
+                LIMIT $4
+                "#,
+                range.from,
+                range.to,
+                product_id,
+                limit
+            )
+            .fetch_all(pool)
+            .await?
+        }
+    };
     Ok(rows)
 }
 

@@ -53,6 +53,27 @@ async fn no_cache_serves_a_stale_product_after_a_write_heavy_run() {
         }))
         .await,
     );
+    // Readers start once every replica has every product (a 404 before
+    // that is the projection's latency, not this test's subject).
+    let ids: Vec<Uuid> = products.to_vec();
+    for replica in &stack.replica_urls {
+        let pool = sqlx::PgPool::connect(replica).await.unwrap();
+        eventually(
+            "products on the replica",
+            Duration::from_secs(60),
+            || async {
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM product_catalog WHERE product_id = ANY($1)",
+                )
+                .bind(&ids)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                (count == KEYS as i64).then_some(())
+            },
+        )
+        .await;
+    }
     let instances = [
         QueryService::start(|_| {}).await,
         QueryService::start(|_| {}).await,
@@ -161,7 +182,6 @@ async fn no_cache_serves_a_stale_product_after_a_write_heavy_run() {
 
     // The projector has applied every write before the caches are judged.
     let primary = sqlx::PgPool::connect(&stack.primary_url).await.unwrap();
-    let ids: Vec<Uuid> = products.to_vec();
     eventually("projector caught up", Duration::from_secs(60), || async {
         let behind: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM product_catalog c

@@ -62,11 +62,15 @@ mod tests {
     use crate::startup::State;
 
     async fn call(method: &str, uri: &str) -> (StatusCode, HeaderMap, Value) {
-        let config = Config::new(
-            "postgres://app:app@127.0.0.1:1/app",
-            vec!["postgres://app:app@127.0.0.1:1/app".to_owned()],
-            "redis://127.0.0.1:1/",
-        );
+        let config = Config {
+            // sqlx retries a refused connection until this budget runs out.
+            read_attempt_timeout: std::time::Duration::from_millis(50),
+            ..Config::new(
+                "postgres://app:app@127.0.0.1:1/app",
+                vec!["postgres://app:app@127.0.0.1:1/app".to_owned()],
+                "redis://127.0.0.1:1/",
+            )
+        };
         let state = State::new(&config).expect("state");
         // What the monitor would find: nothing answers.
         state.router.check_all().await;
@@ -110,6 +114,7 @@ mod tests {
             ("GET", "/orders/not-a-uuid", StatusCode::BAD_REQUEST),
             ("GET", "/products?limit=-1", StatusCode::BAD_REQUEST),
             ("GET", "/products?limit=0", StatusCode::BAD_REQUEST),
+            ("GET", "/products?limit=201", StatusCode::BAD_REQUEST),
             (
                 "GET",
                 &format!("{CUSTOMER}?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z"),
@@ -133,6 +138,83 @@ mod tests {
             (
                 "GET",
                 "/reports/daily-sales?from=2024-01-01&to=2025-01-01",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                &format!("{CUSTOMER}?limit=0"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                &format!("{CUSTOMER}?limit=-1"),
+                StatusCode::BAD_REQUEST,
+            ),
+            ("GET", &format!("{CUSTOMER}?after="), StatusCode::BAD_REQUEST),
+            (
+                "GET",
+                &format!("{CUSTOMER}?after=not%20a%20cursor"),
+                StatusCode::BAD_REQUEST,
+            ),
+            // base64url of "x|y|z": three fields, none of them valid.
+            (
+                "GET",
+                &format!("{CUSTOMER}?after=eHx5fHo"),
+                StatusCode::BAD_REQUEST,
+            ),
+            // A daily-sales cursor is not one of the order history.
+            (
+                "GET",
+                &format!(
+                    "{CUSTOMER}?after=MjAyNi0wMS0wMnwwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMGFiY2R8RVVS"
+                ),
+                StatusCode::BAD_REQUEST,
+            ),
+            // A valid history cursor, padded: not the canonical spelling.
+            (
+                "GET",
+                &format!(
+                    "{CUSTOMER}?after=MjAyNi0wMS0wMlQwMzowNDowNS4xMjM0NTZafDAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMTIzNHw3%3D"
+                ),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                &format!("{CUSTOMER}?after={}", "A".repeat(300)),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/reports/daily-sales?from=2026-01-01&to=2026-01-31&limit=0",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/reports/daily-sales?from=2026-01-01&to=2026-01-31&limit=many",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/reports/daily-sales?from=2026-01-01&to=2026-01-31&after=",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                "/reports/daily-sales?from=2026-01-01&to=2026-01-31&after=eHx5fHo",
+                StatusCode::BAD_REQUEST,
+            ),
+            // An order-history cursor is not one of the report.
+            (
+                "GET",
+                "/reports/daily-sales?from=2026-01-01&to=2026-01-31&after=MjAyNi0wMS0wMlQwMzowNDowNS4xMjM0NTZafDAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMTIzNHw3",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "GET",
+                &format!(
+                    "/reports/daily-sales?from=2026-01-01&to=2026-01-31&after={}",
+                    "A".repeat(300)
+                ),
                 StatusCode::BAD_REQUEST,
             ),
         ];

@@ -1,4 +1,5 @@
-//! `GET /reports/daily-sales`: units and revenue per product per day.
+//! `GET /reports/daily-sales`: units and revenue per product per day, a page
+//! at a time.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::NaiveDate;
@@ -9,10 +10,15 @@ use crate::conditional::{self, PRIVATE_REVALIDATE};
 use crate::consistency::Requirement;
 use crate::error::QueryError;
 use crate::metrics::Metrics;
-use crate::params::DateRange;
+use crate::params::{page_limit, paginate, Cursor, DailySalesCursor, DateRange};
 use crate::read_model::{self, DailySales};
 use crate::reads;
 use crate::replicas::{ReadRouter, Served};
+
+/// Default number of rows of one page.
+pub const DEFAULT_LIMIT: u32 = 500;
+/// Most rows one page holds.
+pub const MAX_LIMIT: u32 = 1000;
 
 /// Query string: `from` and `to` are required `YYYY-MM-DD` dates (UTC days),
 /// both included.
@@ -22,6 +28,10 @@ pub struct DailySalesQuery {
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
     pub product_id: Option<Uuid>,
+    pub limit: Option<u32>,
+    /// The `next_after` of the previous page (opaque; see
+    /// [`DailySalesCursor`]).
+    pub after: Option<String>,
 }
 
 /// Response body.
@@ -30,10 +40,16 @@ pub struct DailySalesReport {
     pub from: NaiveDate,
     pub to: NaiveDate,
     pub items: Vec<DailySales>,
+    /// Pass as `after` (with the same `from`, `to` and `product_id`) to get
+    /// the next page; `null` on the last page.
+    pub next_after: Option<String>,
 }
 
 /// Rows of the days `from..=to` (at most 366), optionally of one product,
-/// ordered by day, product_id.
+/// that sort after the `after` cursor, ordered by day, product_id, currency
+/// (keyset pagination), at most `limit` (default 500, larger requests are
+/// clamped to 1000). As with the order history, a cursor before `from`
+/// excludes nothing and one after `to` gives an empty last page.
 pub async fn daily_sales(
     request: HttpRequest,
     query: web::Query<DailySalesQuery>,
@@ -42,16 +58,22 @@ pub async fn daily_sales(
 ) -> Result<HttpResponse, QueryError> {
     let range = DateRange::new(query.from, query.to)?;
     let product_id = query.product_id;
+    let limit = page_limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = DailySalesCursor::from_param(query.after.as_deref())?;
+    let after = after.as_ref();
     let requirement = Requirement::from_request(&request)?;
+    // One row more than asked tells whether another page exists.
     let served = reads::uncached(&router, requirement, |pool| async move {
-        read_model::daily_sales(&pool, range, product_id).await
+        read_model::daily_sales(&pool, range, product_id, after, limit + 1).await
     })
     .await?;
     metrics.read("daily_sales", &served.from);
+    let (items, next_after) = paginate(served.value, limit, cursor_of);
     let body = conditional::json_body(&DailySalesReport {
         from: range.from,
         to: range.to,
-        items: served.value,
+        items,
+        next_after,
     })?;
     let etag = conditional::body_etag(&body);
     let served = Served {
@@ -64,4 +86,63 @@ pub async fn daily_sales(
         &etag,
         PRIVATE_REVALIDATE,
     ))
+}
+
+fn cursor_of(row: &DailySales) -> DailySalesCursor {
+    DailySalesCursor {
+        day: row.day,
+        product_id: row.product_id,
+        currency: row.currency.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: u32) -> DailySales {
+        DailySales {
+            day: NaiveDate::from_ymd_opt(2026, 1, n).expect("day"),
+            product_id: Uuid::from_u128(u128::from(n)),
+            currency: "EUR".to_owned(),
+            units: 1,
+            revenue_minor: 100,
+        }
+    }
+
+    #[test]
+    fn next_after_is_the_key_of_the_last_row_when_more_rows_exist() {
+        let (items, next_after) = paginate((1..=3).map(row).collect(), 2, cursor_of);
+        assert_eq!(items, vec![row(1), row(2)]);
+        let cursor = next_after
+            .as_deref()
+            .map(DailySalesCursor::decode)
+            .transpose()
+            .expect("cursor");
+        assert_eq!(cursor, Some(cursor_of(&row(2))));
+    }
+
+    #[test]
+    fn next_after_is_null_on_the_last_page() {
+        let (items, next_after) = paginate((1..=2).map(row).collect(), 2, cursor_of);
+        assert_eq!(items.len(), 2);
+        assert_eq!(next_after, None);
+        let (items, next_after) = paginate(vec![], 2, cursor_of);
+        assert!(items.is_empty());
+        assert_eq!(next_after, None);
+    }
+
+    #[test]
+    fn the_report_body_names_next_after() {
+        let (items, next_after) = paginate((1..=2).map(row).collect(), 1, cursor_of);
+        let body = DailySalesReport {
+            from: row(1).day,
+            to: row(2).day,
+            items,
+            next_after,
+        };
+        let json = serde_json::to_value(&body).expect("json");
+        assert_eq!(json["items"].as_array().map(Vec::len), Some(1));
+        assert_eq!(json["next_after"], cursor_of(&row(1)).encode());
+    }
 }
