@@ -397,16 +397,22 @@ pub async fn maintain_once(
     Ok(report)
 }
 
-/// Runs [`maintain_once`] now and then every `settings.interval` (at least
-/// 1 s) until `shutdown`. A failed run is retried after 1 s, doubling up to
-/// five minutes or the interval, whichever is shorter.
+/// Runs [`maintain_once`] after `first_run_in` and then every
+/// `settings.interval` (at least 1 s) until `shutdown`. A failed run is
+/// retried after 1 s, doubling up to five minutes or the interval,
+/// whichever is shorter. (`Application::build` makes a run of its own, so
+/// a second one right at start would only race it.)
 pub async fn run_maintenance(
     pool: PgPool,
     settings: MaintenanceSettings,
+    first_run_in: Duration,
     shutdown: CancellationToken,
 ) {
     let interval = settings.interval.max(MIN_INTERVAL);
     let mut backoff = Backoff::new(MIN_INTERVAL, interval.min(MAX_RETRY_DELAY));
+    if sleep_or_shutdown(first_run_in, &shutdown).await {
+        return;
+    }
     loop {
         let today = Utc::now().date_naive();
         // Abandoning a run on shutdown is safe: dropping its open transaction

@@ -41,6 +41,9 @@ pub struct Application {
     topics: TopicSettings,
     pool: PgPool,
     partitions: MaintenanceSettings,
+    /// When the maintenance task makes its first run: after a full interval
+    /// if `build` just made one, at once if that failed.
+    first_maintenance_in: Duration,
 }
 
 impl Application {
@@ -56,9 +59,14 @@ impl Application {
         // maintenance run (the task started in `run_until_stopped` retries
         // if this fails).
         let today = chrono::Utc::now().date_naive();
-        if let Err(error) = partitions::maintain_once(&pool, &config.partitions, today).await {
-            tracing::warn!(%error, "partition maintenance at start failed");
-        }
+        let first_maintenance_in =
+            match partitions::maintain_once(&pool, &config.partitions, today).await {
+                Ok(_) => config.partitions.interval,
+                Err(error) => {
+                    tracing::warn!(%error, "partition maintenance at start failed");
+                    Duration::ZERO
+                }
+            };
         let redis = redis::Client::open(config.redis_url.as_str())?;
         let redis = RedisSink::new(redis::aio::ConnectionManager::new(redis).await?);
         let metrics = Metrics::new()?;
@@ -99,6 +107,7 @@ impl Application {
             topics: config.topics,
             pool,
             partitions: config.partitions,
+            first_maintenance_in,
         })
     }
 
@@ -115,11 +124,13 @@ impl Application {
             topics,
             pool,
             partitions,
+            first_maintenance_in,
             ..
         } = self;
         let maintenance = tokio::spawn(partitions::run_maintenance(
             pool,
             partitions,
+            first_maintenance_in,
             shutdown.clone(),
         ));
         let consumer = {
