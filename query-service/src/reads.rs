@@ -22,7 +22,7 @@ pub struct DocumentRead {
     pub aggregate: Aggregate,
     pub id: Uuid,
     /// `false` when the client sent `Cache-Control: no-cache`: answer from a
-    /// database (and refresh the caches with what it says).
+    /// database, without reading or writing the caches.
     pub use_cache: bool,
     /// From the `consistency-token` header.
     pub requirement: Option<Requirement>,
@@ -91,9 +91,12 @@ where
         return Ok(filled(cache, key, served, generation).await);
     }
     if !read.use_cache {
-        let generation = cache.generation();
+        // Fresh data was asked for, not a cache refresh: no Redis round trip.
         let served = router.read(&load).await?;
-        return Ok(filled(cache, key, served, generation).await);
+        return Ok(served.value.map(|document| Served {
+            value: document,
+            from: served.from,
+        }));
     }
     cache
         .load_once(key, || async {

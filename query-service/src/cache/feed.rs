@@ -26,7 +26,9 @@ use super::DocumentCache;
 /// How often a live subscription is checked.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long the subscription round trip may take, connecting included.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Generous: on a saturated host a 1 s budget was seen to expire on a live
+/// connection, and a false "dropped" costs a flush of the local tier.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before reconnecting after a drop or a failed attempt.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
