@@ -17,7 +17,7 @@ help:
 	@echo "make install  install prerequisites (apt packages, tansu)"
 	@echo "make test     install prerequisites, build the binaries, cargo test --workspace --locked --no-fail-fast"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
-	@echo "make bench    benchmarks against pgbench in the same run -> docs/BENCHMARKS.md"
+	@echo "make bench    benchmarks against pgbench, redis-benchmark, a bare actix handler in the same run -> docs/BENCHMARKS.md"
 
 up:
 	$(STACK) up
@@ -50,7 +50,7 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-# Own throwaway stack on other ports (see deploy/local/bench); about 15 minutes
-# (write path, then projector catch-up from a 200k-event backlog).
+# Own throwaway stack on other ports (see deploy/local/bench); about 20 minutes
+# (write path, projector catch-up from a 200k-event backlog, query reads).
 bench:
 	deploy/local/bench

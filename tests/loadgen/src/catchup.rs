@@ -516,13 +516,9 @@ pub async fn run(options: &CatchupOptions, command: String) -> anyhow::Result<Ca
 
     // 3. Published by the relay into the backlog's own topics.
     eprintln!("== backlog: relay to topics {prefix}.*");
-    let service = Service::start(
+    let service = Service::command_relaying(
         options.command_bin.clone(),
-        &[
-            ("RELAY_ENABLED", "true"),
-            ("KAFKA_TOPIC_PREFIX", prefix.as_str()),
-            ("RUST_LOG", "warn"),
-        ],
+        &prefix,
         &command_log,
         &options.command_url,
     )
@@ -584,6 +580,7 @@ pub async fn run(options: &CatchupOptions, command: String) -> anyhow::Result<Ca
                 options.warmup,
                 options.duration,
                 &options.work_dir,
+                &[],
             )
             .await?;
             eprintln!(
@@ -681,14 +678,10 @@ async fn start_projector(
     prefix: &str,
     group: &str,
 ) -> anyhow::Result<Service> {
-    let group = format!("{prefix}-{group}");
-    Ok(Service::start(
+    Ok(Service::projector(
         options.projector_bin.clone(),
-        &[
-            ("KAFKA_TOPIC_PREFIX", prefix),
-            ("PROJECTOR_GROUP_ID", group.as_str()),
-            ("RUST_LOG", "warn"),
-        ],
+        prefix,
+        &format!("{prefix}-{group}"),
         log,
         &options.projector_url,
     )
@@ -921,7 +914,7 @@ async fn scrape(base_url: &str) -> anyhow::Result<String> {
 
 /// Calls per command since Redis started (`INFO commandstats`); empty if
 /// redis-cli fails.
-async fn redis_calls(redis_url: &str) -> BTreeMap<String, u64> {
+pub(crate) async fn redis_calls(redis_url: &str) -> BTreeMap<String, u64> {
     match Command::new("redis-cli")
         .args(["-u", redis_url, "INFO", "commandstats"])
         .output()

@@ -11,6 +11,7 @@ pub mod catchup;
 pub mod machine;
 pub mod pgbench;
 pub mod procfs;
+pub mod query_reads;
 pub mod relay;
 pub mod report;
 pub mod service;

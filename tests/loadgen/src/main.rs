@@ -5,7 +5,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loadgen::append::{self, AppendOptions};
 use loadgen::catchup::{self, CatchupOptions};
-use loadgen::report;
+use loadgen::query_reads::{self, QueryReadsOptions};
+use loadgen::report::{self, Section};
 use loadgen::write_path::{self, WritePathOptions};
 
 /// Drives the running stack and measures it. Service addresses come from the
@@ -43,26 +44,15 @@ enum Command {
         command_bin: PathBuf,
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         clients: Vec<usize>,
-        #[arg(long, default_value_t = 3)]
-        repetitions: usize,
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        #[arg(long, default_value_t = 2)]
-        warmup: u64,
+        #[command(flatten)]
+        schedule: Schedule,
         /// Seconds of appends with the relay off, drained afterwards.
         #[arg(long, default_value_t = 10)]
         backlog: u64,
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
-        /// Write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Rewrite the `write-path` section of this Markdown file.
-        #[arg(long)]
-        markdown: Option<PathBuf>,
-        /// The command to quote in the report (default: this command line).
-        #[arg(long, env = "BENCH_COMMAND")]
-        recorded_command: Option<String>,
+        #[command(flatten)]
+        outputs: Outputs,
     },
     /// The projector catch-up benchmark: a backlog of events written into the
     /// event store and relayed to Kafka, applied by the projector from offset
@@ -73,30 +63,20 @@ enum Command {
         database_url: String,
         #[arg(long, env = "REDIS_URL")]
         redis_url: String,
-        #[arg(long, env = "COMMAND_URL")]
-        command_url: String,
-        #[arg(long, env = "PROJECTOR_URL")]
-        projector_url: String,
+        #[command(flatten)]
+        writers: Writers,
         /// The stack's directory, for the broker's and Redis' CPU.
         #[arg(long, env = "STACK_DIR")]
         stack_dir: Option<PathBuf>,
-        #[arg(long, default_value = "target/release/command-service")]
-        command_bin: PathBuf,
-        #[arg(long, default_value = "target/release/projector")]
-        projector_bin: PathBuf,
         /// Smallest backlog in events.
         #[arg(long, default_value_t = 200_000)]
         events: u64,
-        #[arg(long, default_value_t = 3)]
-        repetitions: usize,
         /// pgbench client counts (the fewest is the verdict's baseline).
         #[arg(long, value_delimiter = ',', default_value = "1,4")]
         baseline_clients: Vec<usize>,
-        /// Measured seconds of each pgbench run.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        #[arg(long, default_value_t = 2)]
-        warmup: u64,
+        // Timed runs: pgbench's (a catch-up runs until it has caught up).
+        #[command(flatten)]
+        schedule: Schedule,
         #[arg(long, default_value = "catchup")]
         topic_prefix: String,
         /// Longest wait for one catch-up or for the relay, seconds.
@@ -107,13 +87,67 @@ enum Command {
         write_path_json: Option<PathBuf>,
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
+        #[command(flatten)]
+        outputs: Outputs,
+    },
+    /// The read benchmark: query-service's `GET /orders/{id}` cached (Redis)
+    /// beside a bare actix-web handler and redis-benchmark GET, and uncached
+    /// (`Cache-Control: no-cache`, the replica) beside pgbench primary-key
+    /// selects, interleaved. Seeds orders through command-service and the
+    /// projector, which it starts and stops itself, as it does query-service.
+    /// Needs wrk, redis-benchmark and pgbench.
+    QueryReads {
+        #[arg(long, env = "PRIMARY_DATABASE_URL")]
+        database_url: String,
+        #[arg(long, env = "REPLICA_DATABASE_URL")]
+        replica_url: String,
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: String,
+        #[command(flatten)]
+        writers: Writers,
+        #[arg(long, env = "QUERY_URL")]
+        query_url: String,
+        /// The replicas query-service reads, comma-separated (default: the
+        /// replica the pgbench baseline runs on).
+        #[arg(long, env = "REPLICA_DATABASE_URLS")]
+        query_replica_urls: Option<String>,
+        /// The stack's directory, for the CPU of Redis and Postgres.
+        #[arg(long, env = "STACK_DIR")]
+        stack_dir: Option<PathBuf>,
+        #[arg(long, default_value = "target/release/query-service")]
+        query_bin: PathBuf,
+        /// Orders seeded; each request reads a random one.
+        #[arg(long, default_value_t = 2000)]
+        orders: usize,
+        /// HTTP connections (wrk -c) and redis-benchmark clients.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// wrk and redis-benchmark threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// pgbench client counts; the first is the uncached target's
+        /// baseline (default: query-service's replica pool size, 16).
+        #[arg(long, value_delimiter = ',', default_value = "16,64")]
+        pgbench_clients: Vec<usize>,
+        #[command(flatten)]
+        schedule: Schedule,
+        /// Longest wait for the seeded orders to be projected, seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        #[command(flatten)]
+        outputs: Outputs,
+    },
+    /// The bare actix-web handler `query-reads` measures as its baseline
+    /// (started by it as a child process).
+    #[command(hide = true)]
+    BareServer {
         #[arg(long)]
-        json: Option<PathBuf>,
-        /// Rewrite the `projector-catchup` section of this Markdown file.
+        addr: std::net::SocketAddr,
+        /// The JSON body every `GET /orders/{id}` is answered with.
         #[arg(long)]
-        markdown: Option<PathBuf>,
-        #[arg(long, env = "BENCH_COMMAND")]
-        recorded_command: Option<String>,
+        body_file: PathBuf,
     },
 }
 
@@ -142,100 +176,185 @@ async fn main() -> anyhow::Result<()> {
             command_url,
             command_bin,
             clients,
-            repetitions,
-            duration,
-            warmup,
+            schedule,
             backlog,
             work_dir,
-            json,
-            markdown,
-            recorded_command,
+            outputs,
         } => {
             let options = WritePathOptions {
                 database_url,
                 command_bin,
                 command_url,
                 clients,
-                repetitions,
-                warmup: Duration::from_secs(warmup),
-                duration: Duration::from_secs(duration),
+                repetitions: schedule.repetitions,
+                warmup: schedule.warmup(),
+                duration: schedule.duration(),
                 backlog: Duration::from_secs(backlog),
                 work_dir,
             };
-            let recorded =
-                recorded_command.unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
-            let results = write_path::run(&options, recorded).await?;
-            let section = report::render_write_path(&results);
-            println!("{section}");
-            write_outputs(&results, &section, "write-path", json, markdown)?;
+            outputs.publish(&write_path::run(&options, outputs.command()).await?)?;
         }
         Command::ProjectorCatchup {
             database_url,
             redis_url,
-            command_url,
-            projector_url,
+            writers,
             stack_dir,
-            command_bin,
-            projector_bin,
             events,
-            repetitions,
             baseline_clients,
-            duration,
-            warmup,
+            schedule,
             topic_prefix,
             timeout,
             write_path_json,
             work_dir,
-            json,
-            markdown,
-            recorded_command,
+            outputs,
         } => {
             let options = CatchupOptions {
                 database_url,
                 redis_url,
-                command_bin,
-                command_url,
-                projector_bin,
-                projector_url,
+                command_bin: writers.command_bin,
+                command_url: writers.command_url,
+                projector_bin: writers.projector_bin,
+                projector_url: writers.projector_url,
                 stack_dir,
                 events,
-                repetitions,
+                repetitions: schedule.repetitions,
                 baseline_clients,
-                warmup: Duration::from_secs(warmup),
-                duration: Duration::from_secs(duration),
+                warmup: schedule.warmup(),
+                duration: schedule.duration(),
                 topic_prefix,
                 timeout: Duration::from_secs(timeout),
                 write_path_json,
                 work_dir,
             };
-            let recorded =
-                recorded_command.unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
-            let results = catchup::run(&options, recorded).await?;
-            let section = report::render_catchup(&results);
-            println!("{section}");
-            write_outputs(&results, &section, "projector-catchup", json, markdown)?;
+            outputs.publish(&catchup::run(&options, outputs.command()).await?)?;
+        }
+        Command::QueryReads {
+            database_url,
+            replica_url,
+            redis_url,
+            writers,
+            query_url,
+            query_replica_urls,
+            stack_dir,
+            query_bin,
+            orders,
+            connections,
+            threads,
+            pgbench_clients,
+            schedule,
+            timeout,
+            work_dir,
+            outputs,
+        } => {
+            let options = QueryReadsOptions {
+                primary_url: database_url,
+                replica_url,
+                redis_url,
+                command_bin: writers.command_bin,
+                command_url: writers.command_url,
+                projector_bin: writers.projector_bin,
+                projector_url: writers.projector_url,
+                query_bin,
+                query_url,
+                query_replica_urls,
+                stack_dir,
+                orders,
+                connections,
+                threads,
+                pgbench_clients,
+                repetitions: schedule.repetitions,
+                warmup: schedule.warmup(),
+                duration: schedule.duration(),
+                timeout: Duration::from_secs(timeout),
+                work_dir,
+            };
+            outputs.publish(&query_reads::run(&options, outputs.command()).await?)?;
+        }
+        Command::BareServer { addr, body_file } => {
+            let body = std::fs::read(&body_file)
+                .with_context(|| format!("reading {}", body_file.display()))?;
+            query_reads::bare_server(addr, body).await?;
         }
     }
     Ok(())
 }
 
-/// Writes `results` as JSON and splices `section` into the Markdown file.
-fn write_outputs(
-    results: &impl serde::Serialize,
-    section: &str,
-    marker: &str,
+/// command-service and the projector, which a benchmark starts and stops
+/// itself.
+#[derive(clap::Args)]
+struct Writers {
+    #[arg(long, env = "COMMAND_URL")]
+    command_url: String,
+    #[arg(long, env = "PROJECTOR_URL")]
+    projector_url: String,
+    #[arg(long, default_value = "target/release/command-service")]
+    command_bin: PathBuf,
+    #[arg(long, default_value = "target/release/projector")]
+    projector_bin: PathBuf,
+}
+
+/// How often and how long a benchmark measures.
+#[derive(clap::Args)]
+struct Schedule {
+    /// Repetitions, interleaved (the report quotes medians over them).
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Measured seconds of each timed run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Unmeasured seconds before each timed run.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+}
+
+impl Schedule {
+    fn duration(&self) -> Duration {
+        Duration::from_secs(self.duration)
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs(self.warmup)
+    }
+}
+
+/// Where a benchmark's results go, and the command its report quotes.
+#[derive(clap::Args)]
+struct Outputs {
+    /// Write the results as JSON here.
+    #[arg(long)]
     json: Option<PathBuf>,
+    /// Rewrite this benchmark's section of this Markdown file (between its
+    /// `<!-- name:begin -->` and `<!-- name:end -->` markers).
+    #[arg(long)]
     markdown: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_string_pretty(results)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    /// The command to quote in the report (default: this command line).
+    #[arg(long, env = "BENCH_COMMAND")]
+    recorded_command: Option<String>,
+}
+
+impl Outputs {
+    /// The command the report quotes.
+    fn command(&self) -> String {
+        self.recorded_command
+            .clone()
+            .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "))
     }
-    if let Some(path) = markdown {
-        let doc = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        std::fs::write(&path, report::splice(&doc, marker, section)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+
+    /// Prints the report section of `results`, writes them as JSON and
+    /// splices the section into the Markdown file.
+    fn publish<R: Section>(&self, results: &R) -> anyhow::Result<()> {
+        let section = results.render();
+        println!("{section}");
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_string_pretty(results)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(path) = &self.markdown {
+            let doc = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            std::fs::write(path, report::splice(&doc, R::MARKER, &section)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -57,6 +57,32 @@ pub const HUNDRED_ROW_INSERT: Baseline = Baseline {
     rows_per_transaction: 100,
 };
 
+/// One primary-key lookup of a row shaped like `order_summary` (the same
+/// nine columns, `lines` as jsonb), read-only: what query-service's
+/// uncached `GET /orders/{id}` is held against. Run on the replica, where
+/// query-service reads. The table is filled by the caller with copies of
+/// real `order_summary` rows numbered 1..`rows` (`n` replaces the uuid key
+/// so pgbench can pick a random row); pass `-D rows=N` (see [`run`]).
+pub const PK_SELECT: Baseline = Baseline {
+    name: "pgbench_pk_select",
+    setup: "CREATE TABLE IF NOT EXISTS bench_order_summary (
+                n           integer PRIMARY KEY,
+                order_id    uuid        NOT NULL,
+                customer_id uuid        NOT NULL,
+                status      text        NOT NULL,
+                lines       jsonb       NOT NULL,
+                total_minor bigint      NOT NULL,
+                currency    text        NOT NULL,
+                placed_at   timestamptz NOT NULL,
+                updated_at  timestamptz NOT NULL,
+                version     bigint      NOT NULL)",
+    script: "\\set n random(1, :rows)\n\
+             SELECT order_id, customer_id, status, lines, total_minor, currency, \
+                    placed_at, updated_at, version \
+               FROM bench_order_summary WHERE n = :n;\n",
+    rows_per_transaction: 1,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum PgbenchError {
     #[error("running {program}: {source}")]
@@ -96,7 +122,8 @@ pub async fn setup(database_url: &str, baseline: &Baseline) -> Result<(), Pgbenc
 }
 
 /// Runs `baseline` at `clients` for warm-up + duration and measures the
-/// window after the warm-up.
+/// window after the warm-up. `variables` are the script's pgbench variables
+/// (`-D name=value`), if it has any.
 pub async fn run(
     database_url: &str,
     baseline: &Baseline,
@@ -104,6 +131,7 @@ pub async fn run(
     warmup: Duration,
     duration: Duration,
     work_dir: &Path,
+    variables: &[(&str, String)],
 ) -> Result<Measurement, PgbenchError> {
     let log_error = |path: &Path| {
         let path = path.to_owned();
@@ -124,6 +152,11 @@ pub async fn run(
             .arg(&script)
             .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
             .args(["-T", &total.to_string()])
+            .args(
+                variables
+                    .iter()
+                    .flat_map(|(name, value)| ["-D".to_owned(), format!("{name}={value}")]),
+            )
             .arg(database_url),
     )
     .await?;

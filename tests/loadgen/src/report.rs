@@ -1,10 +1,42 @@
 //! `docs/BENCHMARKS.md`: generated sections between markers, so that the
 //! hand-written analysis around them survives a re-run.
 
+use std::collections::BTreeMap;
+
 use crate::catchup::{Catchup, CatchupResults};
+use crate::query_reads::{self, QueryReadsResults, Run};
 use crate::stats::{median, Measurement};
 use crate::write_path::{WritePathResults, APPEND_RELAY_OFF};
 use crate::{append, pgbench};
+
+/// Results that render as a generated section of `docs/BENCHMARKS.md`.
+pub trait Section: serde::Serialize {
+    /// The section's name in its markers (`<!-- {MARKER}:begin -->`).
+    const MARKER: &'static str;
+    /// The section's body (without markers).
+    fn render(&self) -> String;
+}
+
+impl Section for WritePathResults {
+    const MARKER: &'static str = "write-path";
+    fn render(&self) -> String {
+        render_write_path(self)
+    }
+}
+
+impl Section for CatchupResults {
+    const MARKER: &'static str = "projector-catchup";
+    fn render(&self) -> String {
+        render_catchup(self)
+    }
+}
+
+impl Section for QueryReadsResults {
+    const MARKER: &'static str = "query-reads";
+    fn render(&self) -> String {
+        render_query_reads(self)
+    }
+}
 
 /// The medians of one (name, clients) series over the repetitions.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -121,29 +153,11 @@ pub fn render_write_path(results: &WritePathResults) -> String {
     }
     keys.sort_by_key(|&(name, clients)| (clients, name != pgbench::SINGLE_INSERT.name, name));
     for (name, clients) in keys {
-        let Some(s) = series(&results.measurements, name, clients) else {
-            continue;
-        };
-        let runs: Vec<String> = results
-            .measurements
-            .iter()
-            .filter(|m| m.name == name && m.clients == clients)
-            .map(|m| {
-                let errors: u64 = m.errors.values().sum();
-                if errors > 0 {
-                    format!("{:.0} ({errors} errors)", m.ops_per_s)
-                } else {
-                    format!("{:.0}", m.ops_per_s)
-                }
-            })
-            .collect();
-        out.push_str(&format!(
-            "| {} | {clients} | {:.0} | {:.2} | {:.2} | {} |\n",
+        out.push_str(&series_row(
+            &results.measurements,
+            name,
+            clients,
             label(name),
-            s.ops_per_s,
-            s.p50_ms,
-            s.p99_ms,
-            runs.join(", ")
         ));
     }
     let drains: Vec<(f64, u64, f64)> = results
@@ -152,8 +166,41 @@ pub fn render_write_path(results: &WritePathResults) -> String {
         .map(|d| (d.events_per_s, d.events, d.seconds))
         .collect();
     out.push_str(&rate_row("relay publish, draining a backlog", "", &drains));
-    out.push_str("\n| target | measured | |\n|---|---|---|\n");
-    for v in write_path_verdicts(results) {
+    out.push_str(&verdict_table(&write_path_verdicts(results)));
+    out
+}
+
+/// A table row of one (name, clients) series: its medians, then the ops/s
+/// of each run (and its errors, if any). Empty if the series has no run.
+fn series_row(measurements: &[Measurement], name: &str, clients: usize, label: &str) -> String {
+    let Some(s) = series(measurements, name, clients) else {
+        return String::new();
+    };
+    let runs: Vec<String> = measurements
+        .iter()
+        .filter(|m| m.name == name && m.clients == clients)
+        .map(|m| {
+            let errors: u64 = m.errors.values().sum();
+            if errors > 0 {
+                format!("{:.0} ({errors} errors)", m.ops_per_s)
+            } else {
+                format!("{:.0}", m.ops_per_s)
+            }
+        })
+        .collect();
+    format!(
+        "| {label} | {clients} | {:.0} | {:.2} | {:.2} | {} |\n",
+        s.ops_per_s,
+        s.p50_ms,
+        s.p99_ms,
+        runs.join(", ")
+    )
+}
+
+/// The targets' table: a row for each verdict.
+fn verdict_table(verdicts: &[Verdict]) -> String {
+    let mut out = String::from("\n| target | measured | |\n|---|---|---|\n");
+    for v in verdicts {
         out.push_str(&format!(
             "| {} | {} | {} |\n",
             v.target,
@@ -430,16 +477,8 @@ pub fn render_catchup(results: &CatchupResults) -> String {
         }
     }
 
-    out.push_str("\n| target | measured | |\n|---|---|---|\n");
     let verdicts = catchup_verdicts(results);
-    for v in &verdicts {
-        out.push_str(&format!(
-            "| {} | {} | {} |\n",
-            v.target,
-            v.measured,
-            if v.met { "met" } else { "**missed**" }
-        ));
-    }
+    out.push_str(&verdict_table(&verdicts));
     if results.sustained_append.is_none() {
         out.push_str("| projector catch-up events/s ≥ 3 × the sustained append rate | no write-path results given | |\n");
     }
@@ -451,6 +490,454 @@ pub fn render_catchup(results: &CatchupResults) -> String {
         }
     }
     out
+}
+
+/// The pgbench client count the uncached target is read against: the first
+/// one measured (`--pgbench-clients`, default query-service's pool size).
+fn pk_select_verdict_clients(results: &QueryReadsResults) -> Option<usize> {
+    results
+        .measurements
+        .iter()
+        .find(|m| m.name == pgbench::PK_SELECT.name)
+        .map(|m| m.clients)
+}
+
+/// The read targets: cached `GET /orders/{id}` req/s at the connection
+/// count ≥ 0.5 × the bare actix handler's; uncached ≥ 0.4 × pgbench
+/// primary-key selects/s.
+pub fn query_reads_verdicts(results: &QueryReadsResults) -> Vec<Verdict> {
+    let m = &results.measurements;
+    let c = results.connections;
+    let mut verdicts = Vec::new();
+    if let (Some(cached), Some(bare)) = (
+        series(m, query_reads::CACHED, c),
+        series(m, query_reads::BARE, c),
+    ) {
+        let ratio = cached.ops_per_s / bare.ops_per_s;
+        verdicts.push(Verdict {
+            target:
+                "cached `GET /orders/{id}` req/s at 64 connections ≥ 0.5 × the bare actix handler",
+            measured: format!(
+                "{ratio:.2}× ({:.0} / {:.0} at {c} connections)",
+                cached.ops_per_s, bare.ops_per_s
+            ),
+            met: ratio >= 0.5,
+        });
+    }
+    if let (Some(uncached), Some(clients)) = (
+        series(m, query_reads::UNCACHED, c),
+        pk_select_verdict_clients(results),
+    ) {
+        if let Some(pg) = series(m, pgbench::PK_SELECT.name, clients) {
+            let ratio = uncached.ops_per_s / pg.ops_per_s;
+            verdicts.push(Verdict {
+                target: "uncached `GET /orders/{id}` req/s ≥ 0.4 × pgbench primary-key selects/s",
+                measured: format!(
+                    "{ratio:.2}× ({:.0} at {c} connections / {:.0} at {clients} clients)",
+                    uncached.ops_per_s, pg.ops_per_s
+                ),
+                met: ratio >= 0.4,
+            });
+        }
+    }
+    verdicts
+}
+
+/// Ratios quoted beside the targets, without a target of their own.
+fn query_reads_context(results: &QueryReadsResults) -> Vec<(String, String)> {
+    let m = &results.measurements;
+    let c = results.connections;
+    let mut rows = Vec::new();
+    if let (Some(cached), Some(redis)) = (
+        series(m, query_reads::CACHED, c),
+        series(m, query_reads::REDIS_GET, c),
+    ) {
+        rows.push((
+            format!("cached req/s ÷ redis-benchmark GET/s at {c}"),
+            format!(
+                "{:.2}× ({:.0} / {:.0})",
+                cached.ops_per_s / redis.ops_per_s,
+                cached.ops_per_s,
+                redis.ops_per_s
+            ),
+        ));
+    }
+    let verdict_clients = pk_select_verdict_clients(results);
+    if let Some(uncached) = series(m, query_reads::UNCACHED, c) {
+        for clients in distinct_clients(m, pgbench::PK_SELECT.name) {
+            if Some(clients) == verdict_clients {
+                continue;
+            }
+            if let Some(pg) = series(m, pgbench::PK_SELECT.name, clients) {
+                rows.push((
+                    format!("uncached req/s ÷ pgbench primary-key selects/s at {clients} clients"),
+                    format!(
+                        "{:.2}× ({:.0} / {:.0})",
+                        uncached.ops_per_s / pg.ops_per_s,
+                        uncached.ops_per_s,
+                        pg.ops_per_s
+                    ),
+                ));
+            }
+        }
+    }
+    rows
+}
+
+fn distinct_clients(measurements: &[Measurement], name: &str) -> Vec<usize> {
+    let mut clients: Vec<usize> = measurements
+        .iter()
+        .filter(|m| m.name == name)
+        .map(|m| m.clients)
+        .collect();
+    clients.sort_unstable();
+    clients.dedup();
+    clients
+}
+
+fn query_reads_label(name: &str) -> &str {
+    match name {
+        query_reads::REDIS_GET => "redis-benchmark GET, same value size (context)",
+        query_reads::BARE => "bare actix-web handler, same route and body (baseline)",
+        query_reads::CACHED => "query-service `GET /orders/{id}`, cached",
+        n if n == pgbench::PK_SELECT.name => "pgbench primary-key select on the replica",
+        query_reads::UNCACHED => {
+            "query-service `GET /orders/{id}`, uncached (`Cache-Control: no-cache`, replica)"
+        }
+        other => other,
+    }
+}
+
+/// CPU groups in the order the report shows them.
+const CPU_GROUPS: [&str; 7] = [
+    "query-service",
+    "bare server",
+    "redis",
+    "postgres replica",
+    "postgres replica2",
+    "postgres primary",
+    "broker",
+];
+
+/// Median cores of every CPU group (and `machine`, and `rest` = the machine
+/// minus the groups: the load tool, mostly) over the runs of one series.
+fn median_cpu(runs: &[&Run]) -> BTreeMap<String, f64> {
+    let mut names: Vec<&String> = runs.iter().flat_map(|r| r.cpu.cores.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut out: BTreeMap<String, f64> = names
+        .into_iter()
+        .filter_map(|name| {
+            median(runs.iter().filter_map(|r| r.cpu.cores.get(name).copied()))
+                .map(|v| (name.clone(), v))
+        })
+        .collect();
+    if let Some(machine) = median(runs.iter().map(|r| r.cpu.machine_busy_cores)) {
+        out.insert("machine".to_owned(), machine);
+    }
+    if let Some(rest) = median(
+        runs.iter()
+            .map(|r| (r.cpu.machine_busy_cores - r.cpu.cores.values().sum::<f64>()).max(0.0)),
+    ) {
+        out.insert("rest".to_owned(), rest);
+    }
+    out
+}
+
+/// The series of a query-reads run in report order.
+fn query_reads_keys(results: &QueryReadsResults) -> Vec<(&'static str, usize)> {
+    let m = &results.measurements;
+    let c = results.connections;
+    let mut keys = vec![
+        (query_reads::REDIS_GET, c),
+        (query_reads::BARE, c),
+        (query_reads::CACHED, c),
+    ];
+    keys.extend(
+        distinct_clients(m, pgbench::PK_SELECT.name)
+            .into_iter()
+            .map(|clients| (pgbench::PK_SELECT.name, clients)),
+    );
+    keys.push((query_reads::UNCACHED, c));
+    keys.retain(|&(name, clients)| m.iter().any(|x| x.name == name && x.clients == clients));
+    keys
+}
+
+/// Where the cores went in a missed workload's runs, in one sentence.
+fn query_reads_bottleneck(results: &QueryReadsResults, name: &str) -> Option<String> {
+    let runs: Vec<&Run> = results
+        .runs
+        .iter()
+        .filter(|r| r.name == name && r.clients == results.connections)
+        .collect();
+    let cpu = median_cpu(&runs);
+    let machine = cpu.get("machine").copied()?;
+    let mut parts: Vec<(&String, &f64)> = cpu
+        .iter()
+        .filter(|(k, _)| k.as_str() != "machine")
+        .collect();
+    parts.sort_by(|a, b| b.1.total_cmp(a.1));
+    let parts: Vec<String> = parts
+        .iter()
+        .take(3)
+        .map(|(k, v)| {
+            let k = if k.as_str() == "rest" {
+                "wrk and the rest"
+            } else {
+                k.as_str()
+            };
+            format!("{k} {v:.2}")
+        })
+        .collect();
+    let cpus = results.machine.cpus.max(1) as f64;
+    let bound = if machine >= 0.9 * cpus {
+        "CPU-bound"
+    } else {
+        "not CPU-bound"
+    };
+    Some(format!(
+        "{}: cores {}; the machine was {bound} ({machine:.2} of {cpus:.0} busy)",
+        query_reads_label(name),
+        parts.join(", ")
+    ))
+}
+
+/// The query-reads section's body (without markers).
+pub fn render_query_reads(results: &QueryReadsResults) -> String {
+    let machine = &results.machine;
+    let seed = &results.seed;
+    let m = &results.measurements;
+    let mut out = String::new();
+    out.push_str(&machine.run_line());
+    let settings: Vec<String> = results
+        .settings
+        .iter()
+        .map(|(k, v)| format!("`{k}` {v}"))
+        .collect();
+    let sources = |map: &BTreeMap<String, usize>| {
+        map.iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let tools: Vec<String> = results
+        .tools
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(_, v)| format!("`{}`", cell(v)))
+        .collect();
+    out.push_str(&format!(
+        "Command: `{}` ({} repetitions, baselines and workloads interleaved; medians over \
+         them). Data: {} orders of {} customers with 1–3 lines each (summaries of {}–{} bytes, \
+         median {}), placed through command-service in {:.1} s and projected into the replica \
+         and Redis {:.1} s later (topics `{}.*`); `x-read-source` of a pass over all of them just before measuring: {} (cached), {} (uncached). \
+         HTTP load: wrk, {} threads, {} connections, a random seeded order per request; \
+         redis-benchmark: {} clients, {} threads, the same number of keys holding a {}-byte \
+         value; pgbench: `-M prepared -j 2`. query-service: `RUST_LOG=warn`, {}. Tools: {}.\n\n",
+        results.command,
+        results.repetitions,
+        seed.orders,
+        seed.customers,
+        seed.body_bytes_min,
+        seed.body_bytes_max,
+        seed.body_bytes_median,
+        seed.place_seconds,
+        seed.projected_seconds,
+        seed.topic_prefix,
+        sources(&seed.warm_cached),
+        sources(&seed.warm_uncached),
+        results.threads,
+        results.connections,
+        results.connections,
+        results.threads,
+        seed.bare_body_bytes,
+        settings.join(", "),
+        tools.join(", ")
+    ));
+
+    out.push_str(
+        "| measurement | connections or clients | req/s | p50 ms | p99 ms | req/s of each run |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---|\n");
+    let keys = query_reads_keys(results);
+    for &(name, clients) in &keys {
+        let label = if name == pgbench::PK_SELECT.name
+            && Some(clients) == pk_select_verdict_clients(results)
+        {
+            "pgbench primary-key select on the replica (baseline)"
+        } else {
+            query_reads_label(name)
+        };
+        out.push_str(&series_row(m, name, clients, label));
+    }
+
+    // CPU per process group, medians over the repetitions.
+    let mut groups: Vec<&str> = CPU_GROUPS
+        .iter()
+        .copied()
+        .filter(|g| results.runs.iter().any(|r| r.cpu.cores.contains_key(*g)))
+        .collect();
+    for r in &results.runs {
+        for g in r.cpu.cores.keys() {
+            if !groups.contains(&g.as_str()) {
+                groups.push(g.as_str());
+            }
+        }
+    }
+    if !results.runs.is_empty() {
+        out.push_str(&format!(
+            "\n| CPU in the window, cores of {} (medians) | {} | rest (the load tool) | whole machine |\n|---|{}---:|---:|\n",
+            machine.cpus,
+            groups.join(" | "),
+            "---:|".repeat(groups.len())
+        ));
+        for &(name, clients) in &keys {
+            let runs: Vec<&Run> = results
+                .runs
+                .iter()
+                .filter(|r| r.name == name && r.clients == clients)
+                .collect();
+            let cpu = median_cpu(&runs);
+            let value = |k: &str| cpu.get(k).map_or(String::new(), |v| format!("{v:.2}"));
+            let cells: Vec<String> = groups.iter().map(|g| value(g)).collect();
+            let tool = match name {
+                query_reads::REDIS_GET => "redis-benchmark",
+                n if n == pgbench::PK_SELECT.name => "pgbench",
+                _ => "wrk",
+            };
+            out.push_str(&format!(
+                "| {tool} → {} ({clients}) | {} | {} | {} |\n",
+                short_target(name),
+                cells.join(" | "),
+                value("rest"),
+                value("machine")
+            ));
+        }
+    }
+    // What one request cost Redis and the replica, in the median run.
+    let mut cost_rows = String::new();
+    for name in [query_reads::CACHED, query_reads::UNCACHED] {
+        let Some(run) = median_run(results, name) else {
+            continue;
+        };
+        if run.requests == 0 {
+            continue;
+        }
+        let per = |calls: u64| calls as f64 / run.requests as f64;
+        let redis: Vec<String> = run
+            .redis_calls
+            .iter()
+            .filter(|&(_, &calls)| per(calls) >= 0.001)
+            .map(|(command, &calls)| format!("{command} {:.3}", per(calls)))
+            .collect();
+        let statements: Vec<String> = run
+            .replica_statements
+            .iter()
+            .filter(|st| per(st.calls) >= 0.001)
+            .take(4)
+            .map(|st| {
+                format!(
+                    "`{}` {:.3} × {:.0} µs",
+                    cell(&shorten(
+                        &st.query.split_whitespace().collect::<Vec<_>>().join(" "),
+                        70
+                    )),
+                    per(st.calls),
+                    1000.0 * st.total_ms / st.calls.max(1) as f64
+                )
+            })
+            .collect();
+        let none = |v: Vec<String>| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        cost_rows.push_str(&format!(
+            "| {} ({:.0} req/s, repetition {}) | {} | {} |\n",
+            short_target(name),
+            run.ops_per_s,
+            run.repetition,
+            none(redis),
+            none(statements)
+        ));
+    }
+    if !cost_rows.is_empty() {
+        out.push_str(
+            "\n| per request, median run | Redis calls (`INFO commandstats`) | replica statements (`pg_stat_statements`: calls × mean execution time) |\n|---|---|---|\n",
+        );
+        out.push_str(&cost_rows);
+    }
+
+    let rss = |name: &str| {
+        median(
+            results
+                .runs
+                .iter()
+                .filter(|r| r.name == name)
+                .filter_map(|r| r.query_rss_kib.map(|k| k as f64)),
+        )
+    };
+    if let (Some(cached), Some(uncached)) = (rss(query_reads::CACHED), rss(query_reads::UNCACHED)) {
+        out.push_str(&format!(
+            "\nquery-service resident memory under load (VmRSS at the end of the window, median): \
+             {:.0} MiB cached, {:.0} MiB uncached",
+            cached / 1024.0,
+            uncached / 1024.0
+        ));
+        if let Some(peak) = results.query_peak_rss_kib {
+            out.push_str(&format!("; peak (VmHWM) {:.0} MiB", peak as f64 / 1024.0));
+        }
+        out.push_str(".\n");
+    }
+
+    let verdicts = query_reads_verdicts(results);
+    out.push_str(&verdict_table(&verdicts));
+    for (what, measured) in query_reads_context(results) {
+        out.push_str(&format!("| {what} (context, no target) | {measured} | |\n"));
+    }
+    let missed: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.met)
+        .filter_map(|v| {
+            let name = if v.target.starts_with("cached") {
+                query_reads::CACHED
+            } else {
+                query_reads::UNCACHED
+            };
+            query_reads_bottleneck(results, name)
+        })
+        .collect();
+    if !missed.is_empty() {
+        out.push_str(&format!(
+            "\nMissed. Where the cores went (this run's medians): {}.\n",
+            missed.join("; ")
+        ));
+    }
+    out
+}
+
+/// The run of a series whose rate is the median (the lower of an even count).
+fn median_run<'a>(results: &'a QueryReadsResults, name: &str) -> Option<&'a Run> {
+    let mut runs: Vec<&Run> = results
+        .runs
+        .iter()
+        .filter(|r| r.name == name && r.clients == results.connections)
+        .collect();
+    runs.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+    runs.get(runs.len().checked_sub(1)? / 2).copied()
+}
+
+fn short_target(name: &str) -> &str {
+    match name {
+        query_reads::REDIS_GET => "Redis GET",
+        query_reads::BARE => "bare handler",
+        query_reads::CACHED => "query-service cached",
+        query_reads::UNCACHED => "query-service uncached",
+        n if n == pgbench::PK_SELECT.name => "replica PK select",
+        other => other,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -661,6 +1148,132 @@ mod tests {
         assert!(section.contains("INSERT INTO a \\| b"), "{section}");
     }
 
+    fn query_reads_results(cached: [f64; 3], uncached: [f64; 3]) -> QueryReadsResults {
+        let mut measurements = vec![];
+        let mut runs = vec![];
+        for i in 0..3 {
+            let rep = [
+                measurement(query_reads::REDIS_GET, 64, 60_000.0, 0.5),
+                measurement(query_reads::BARE, 64, 40_000.0, 1.5),
+                measurement(query_reads::CACHED, 64, cached[i], 3.0),
+                measurement(pgbench::PK_SELECT.name, 16, 30_000.0, 0.5),
+                measurement(pgbench::PK_SELECT.name, 64, 25_000.0, 2.5),
+                measurement(query_reads::UNCACHED, 64, uncached[i], 6.0),
+            ];
+            for m in rep {
+                let counted = m.name == query_reads::UNCACHED;
+                runs.push(Run {
+                    repetition: i + 1,
+                    name: m.name.clone(),
+                    clients: m.clients,
+                    ops_per_s: m.ops_per_s,
+                    requests: if counted { 1000 } else { 0 },
+                    redis_calls: if counted {
+                        BTreeMap::from([("set".to_owned(), 1000), ("get".to_owned(), 0)])
+                    } else {
+                        BTreeMap::new()
+                    },
+                    replica_statements: if counted {
+                        vec![crate::query_reads::Statement {
+                            query: "SELECT order_id,\n  customer_id FROM order_summary".to_owned(),
+                            calls: 2000,
+                            total_ms: 100.0,
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    cpu: crate::procfs::CpuUsage {
+                        seconds: 8.0,
+                        cores: BTreeMap::from([
+                            ("query-service".to_owned(), 1.1),
+                            ("redis".to_owned(), 0.3),
+                        ]),
+                        machine_busy_cores: 2.0,
+                    },
+                    query_rss_kib: Some(20 * 1024),
+                });
+                measurements.push(m);
+            }
+        }
+        QueryReadsResults {
+            machine: Machine {
+                cpus: 2,
+                ..Machine::default()
+            },
+            command: "make bench".to_owned(),
+            repetitions: 3,
+            connections: 64,
+            threads: 2,
+            tools: BTreeMap::from([("wrk".to_owned(), "wrk 4.1.0 | x".to_owned())]),
+            settings: BTreeMap::from([("REPLICA_POOL_SIZE".to_owned(), "default".to_owned())]),
+            seed: crate::query_reads::Seed {
+                orders: 2000,
+                ..Default::default()
+            },
+            measurements,
+            runs,
+            query_peak_rss_kib: Some(30 * 1024),
+        }
+    }
+
+    #[test]
+    fn read_targets_use_the_bare_handler_and_the_first_pgbench_count() {
+        // Cached median 24k = 0.6 × 40k; uncached median 15k = 0.5 × 30k (16 clients).
+        let results = query_reads_results(
+            [20_000.0, 24_000.0, 30_000.0],
+            [9_000.0, 15_000.0, 16_000.0],
+        );
+        let verdicts = query_reads_verdicts(&results);
+        assert_eq!(verdicts.len(), 2);
+        assert!(verdicts.iter().all(|v| v.met), "{verdicts:?}");
+        assert!(verdicts[0].measured.starts_with("0.60×"), "{verdicts:?}");
+        assert!(verdicts[1].measured.starts_with("0.50×"), "{verdicts:?}");
+        assert!(
+            verdicts[1].measured.contains("at 16 clients"),
+            "{verdicts:?}"
+        );
+        let section = render_query_reads(&results);
+        assert!(!section.contains("**missed**"), "{section}");
+        // Context: against redis-benchmark and pgbench at 64.
+        assert!(section.contains("0.40× (24000 / 60000)"), "{section}");
+        assert!(section.contains("0.60× (15000 / 25000)"), "{section}");
+        assert!(
+            section
+                .contains("| pgbench primary-key select on the replica (baseline) | 16 | 30000 |"),
+            "{section}"
+        );
+        // Machine 2.0 busy minus 1.4 in the groups.
+        assert!(
+            section.contains("| 1.10 | 0.30 | 0.60 | 2.00 |"),
+            "{section}"
+        );
+        assert!(section.contains("20 MiB cached"), "{section}");
+        // Uncached median run: 1 SET and 2 statements of 50 µs per request.
+        assert!(
+            section.contains("| query-service uncached (15000 req/s, repetition 2) | set 1.000 | `SELECT order_id, customer_id FROM order_summary` 2.000 × 50 µs |"),
+            "{section}"
+        );
+        assert!(section.contains("`wrk 4.1.0 \\| x`"), "{section}");
+    }
+
+    #[test]
+    fn missed_read_targets_say_where_the_cores_went() {
+        let results = query_reads_results(
+            [10_000.0, 12_000.0, 30_000.0],
+            [9_000.0, 11_000.0, 16_000.0],
+        );
+        let verdicts = query_reads_verdicts(&results);
+        assert!(verdicts.iter().all(|v| !v.met), "{verdicts:?}");
+        let section = render_query_reads(&results);
+        assert!(section.contains("**missed**"), "{section}");
+        assert!(
+            section.contains("Missed. Where the cores went"),
+            "{section}"
+        );
+        assert!(section.contains("query-service 1.10"), "{section}");
+        assert!(section.contains("CPU-bound (2.00 of 2 busy)"), "{section}");
+    }
+
     #[test]
     fn splice_replaces_only_the_marked_section() {
         let doc = "intro\n<!-- w:begin -->\nold\n<!-- w:end -->\noutro\n";
@@ -669,6 +1282,24 @@ mod tests {
             "intro\n<!-- w:begin -->\nnew\n<!-- w:end -->\noutro\n"
         );
         assert!(splice(doc, "x", "new").is_err());
+    }
+
+    #[test]
+    fn a_series_row_quotes_the_medians_then_each_run_with_its_errors() {
+        let mut failing = measurement("x", 4, 300.0, 2.0);
+        failing.errors.insert("timeout".to_owned(), 3);
+        let runs = [
+            measurement("x", 4, 100.0, 1.0),
+            failing,
+            measurement("x", 4, 200.0, 1.5),
+            measurement("x", 1, 50.0, 1.0),
+            measurement("y", 4, 10.0, 1.0),
+        ];
+        assert_eq!(
+            series_row(&runs, "x", 4, "label"),
+            "| label | 4 | 200 | 1.50 | 4.50 | 100, 300 (3 errors), 200 |\n"
+        );
+        assert_eq!(series_row(&runs, "x", 2, "label"), "");
     }
 
     #[test]

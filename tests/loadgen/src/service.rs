@@ -66,6 +66,39 @@ impl Service {
         Ok(service)
     }
 
+    /// command-service with its relay publishing into the topics
+    /// `<topic_prefix>.*`.
+    pub async fn command_relaying(
+        binary: PathBuf,
+        topic_prefix: &str,
+        log: &std::fs::File,
+        base_url: &str,
+    ) -> Result<Self, ServiceError> {
+        let overrides = [
+            ("RELAY_ENABLED", "true"),
+            ("KAFKA_TOPIC_PREFIX", topic_prefix),
+            ("RUST_LOG", "warn"),
+        ];
+        Self::start(binary, &overrides, log, base_url).await
+    }
+
+    /// The projector reading the topics `<topic_prefix>.*` as the consumer
+    /// group `group`.
+    pub async fn projector(
+        binary: PathBuf,
+        topic_prefix: &str,
+        group: &str,
+        log: &std::fs::File,
+        base_url: &str,
+    ) -> Result<Self, ServiceError> {
+        let overrides = [
+            ("KAFKA_TOPIC_PREFIX", topic_prefix),
+            ("PROJECTOR_GROUP_ID", group),
+            ("RUST_LOG", "warn"),
+        ];
+        Self::start(binary, &overrides, log, base_url).await
+    }
+
     /// The process id (None once it has been waited for).
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

@@ -72,6 +72,7 @@ pub async fn run(options: &WritePathOptions, command: String) -> anyhow::Result<
                 options.warmup,
                 options.duration,
                 &options.work_dir,
+                &[],
             )
             .await?;
             eprintln!("   {}", one_line(&baseline));
