@@ -7,6 +7,7 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
 
+use crate::cache::Document;
 use crate::error::QueryError;
 use crate::replicas::Served;
 
@@ -60,6 +61,21 @@ pub fn respond(
         return response.finish();
     }
     response.content_type(mime_json()).body(served.value)
+}
+
+/// A document's response: [`respond`] with its version as the `ETag`.
+pub fn respond_document(
+    request: &HttpRequest,
+    served: Served<Document>,
+    cache_control: &'static str,
+) -> HttpResponse {
+    let etag = version_etag(served.value.version);
+    respond(
+        request,
+        served.map(|document| document.body),
+        &etag,
+        cache_control,
+    )
 }
 
 /// A body serialized once, for [`respond`] and the caches.

@@ -5,10 +5,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use actix_web::HttpRequest;
+use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::cache::{Document, DocumentCache, Tier};
+use crate::conditional;
 use crate::consistency::{Aggregate, Requirement};
 use crate::error::QueryError;
 use crate::replicas::{ReadRouter, Served};
@@ -26,6 +29,41 @@ pub struct DocumentRead {
     pub use_cache: bool,
     /// From the `consistency-token` header.
     pub requirement: Option<Requirement>,
+}
+
+impl DocumentRead {
+    /// The read of the document at `key` (aggregate `aggregate`, `id`) as
+    /// the request's `Cache-Control` and `consistency-token` ask for it;
+    /// 400 for a token that does not decode.
+    pub fn from_request(
+        request: &HttpRequest,
+        key: String,
+        aggregate: Aggregate,
+        id: Uuid,
+    ) -> Result<Self, QueryError> {
+        Ok(Self {
+            key,
+            aggregate,
+            id,
+            use_cache: !conditional::wants_no_cache(request),
+            requirement: Requirement::from_request(request)?,
+        })
+    }
+}
+
+/// A read-model value as a cacheable document: its JSON and its version.
+pub fn as_document<T: Serialize>(
+    value: Option<T>,
+    version: impl FnOnce(&T) -> i64,
+) -> Result<Option<Document>, QueryError> {
+    value
+        .map(|value| {
+            Ok(Document {
+                version: version(&value),
+                body: conditional::json_body(&value)?,
+            })
+        })
+        .transpose()
 }
 
 /// A per-aggregate document: local tier, then Redis (one load per key at a

@@ -150,6 +150,20 @@ async fn replicated_product(query: &QueryService) -> Uuid {
     product
 }
 
+/// The (`version`, `body`) of a document hash in Redis.
+async fn redis_entry(
+    redis: &redis::aio::MultiplexedConnection,
+    key: &str,
+) -> (Option<i64>, Option<String>) {
+    redis::cmd("HMGET")
+        .arg(key)
+        .arg("version")
+        .arg("body")
+        .query_async(&mut redis.clone())
+        .await
+        .unwrap()
+}
+
 /// Keeps writing until dropped, so a delayed replica shows lag (an idle
 /// primary has nothing for it to trail).
 struct Writer(tokio::task::JoinHandle<()>);
@@ -423,7 +437,7 @@ async fn a_stale_fill_from_a_lagging_replica_never_lands_in_a_cache() {
         (version == Some(2)).then_some(())
     })
     .await;
-    let mut redis = redis::Client::open(stack().redis_url.as_str())
+    let redis = redis::Client::open(stack().redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -433,14 +447,7 @@ async fn a_stale_fill_from_a_lagging_replica_never_lands_in_a_cache() {
         "the projector's tombstone for version 2",
         CONSISTENCY,
         || async {
-            let mut redis = redis.clone();
-            let (version, body): (Option<i64>, Option<String>) = redis::cmd("HMGET")
-                .arg(&key)
-                .arg("version")
-                .arg("body")
-                .query_async(&mut redis)
-                .await
-                .unwrap();
+            let (version, body) = redis_entry(&redis, &key).await;
             (version == Some(2) && body.is_none()).then_some(())
         },
     )
@@ -461,13 +468,7 @@ async fn a_stale_fill_from_a_lagging_replica_never_lands_in_a_cache() {
         second.body,
         second.source
     );
-    let (version, body): (Option<i64>, Option<String>) = redis::cmd("HMGET")
-        .arg(&key)
-        .arg("version")
-        .arg("body")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let (version, body) = redis_entry(&redis, &key).await;
     assert_eq!(
         (version, body),
         (Some(2), None),

@@ -5,9 +5,8 @@ use schema::views::order_summary_key;
 use uuid::Uuid;
 
 use crate::cache::Caches;
-use crate::cache::Document;
 use crate::conditional::{self, PRIVATE_REVALIDATE};
-use crate::consistency::{Aggregate, Requirement};
+use crate::consistency::Aggregate;
 use crate::error::QueryError;
 use crate::metrics::Metrics;
 use crate::read_model;
@@ -25,24 +24,16 @@ pub async fn get_order(
     metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, QueryError> {
     let order_id = path.into_inner();
-    let read = DocumentRead {
-        key: order_summary_key(order_id),
-        aggregate: Aggregate::Order,
-        id: order_id,
-        use_cache: !conditional::wants_no_cache(&request),
-        requirement: Requirement::from_request(&request)?,
-    };
+    let read = DocumentRead::from_request(
+        &request,
+        order_summary_key(order_id),
+        Aggregate::Order,
+        order_id,
+    )?;
     let served = reads::document(&caches.orders, &router, read, |pool| async move {
-        let summary = read_model::order_summary(&pool, order_id).await?;
-        summary
-            .map(|summary| {
-                let body = conditional::json_body(&summary)?;
-                Ok(Document {
-                    version: summary.version,
-                    body,
-                })
-            })
-            .transpose()
+        reads::as_document(read_model::order_summary(&pool, order_id).await?, |s| {
+            s.version
+        })
     })
     .await?
     .ok_or_else(|| QueryError::NotFound {
@@ -50,12 +41,9 @@ pub async fn get_order(
         id: order_id.to_string(),
     })?;
     metrics.read("orders", &served.from);
-    let etag = conditional::version_etag(served.value.version);
-    let served = served.map(|document| document.body);
-    Ok(conditional::respond(
+    Ok(conditional::respond_document(
         &request,
         served,
-        &etag,
         PRIVATE_REVALIDATE,
     ))
 }

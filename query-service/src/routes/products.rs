@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::cache::Caches;
-use crate::cache::Document;
 use crate::conditional::{self, PUBLIC_SHORT};
 use crate::consistency::{Aggregate, Requirement};
 use crate::error::QueryError;
@@ -32,24 +31,14 @@ pub async fn get_product(
     metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, QueryError> {
     let product_id = path.into_inner();
-    let read = DocumentRead {
-        key: product_key(product_id),
-        aggregate: Aggregate::Product,
-        id: product_id,
-        use_cache: !conditional::wants_no_cache(&request),
-        requirement: Requirement::from_request(&request)?,
-    };
+    let read = DocumentRead::from_request(
+        &request,
+        product_key(product_id),
+        Aggregate::Product,
+        product_id,
+    )?;
     let served = reads::document(&caches.products, &router, read, |pool| async move {
-        let product = read_model::product(&pool, product_id).await?;
-        product
-            .map(|product| {
-                let body = conditional::json_body(&product)?;
-                Ok(Document {
-                    version: product.version,
-                    body,
-                })
-            })
-            .transpose()
+        reads::as_document(read_model::product(&pool, product_id).await?, |p| p.version)
     })
     .await?
     .ok_or_else(|| QueryError::NotFound {
@@ -57,9 +46,11 @@ pub async fn get_product(
         id: product_id.to_string(),
     })?;
     metrics.read("product", &served.from);
-    let etag = conditional::version_etag(served.value.version);
-    let served = served.map(|document| document.body);
-    Ok(conditional::respond(&request, served, &etag, PUBLIC_SHORT))
+    Ok(conditional::respond_document(
+        &request,
+        served,
+        PUBLIC_SHORT,
+    ))
 }
 
 /// Query string of `GET /products`.
