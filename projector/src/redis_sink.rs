@@ -8,8 +8,8 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use schema::views::{
-    order_summary_key, Invalidation, Invalidations, OrderSummary, INVALIDATION_CHANNEL,
-    ORDER_SUMMARY_KEY_PREFIX,
+    order_summary_key, Invalidation, Invalidations, OrderSummary, CUSTOMER_HISTORY_KEY_PREFIX,
+    INVALIDATION_CHANNEL, ORDER_SUMMARY_KEY_PREFIX,
 };
 
 use crate::store::BatchEffects;
@@ -46,7 +46,7 @@ return written
 ";
 
 /// For each key whose document changed but is not materialized here (a
-/// product, a customer's history): unless Redis already holds that version
+/// product): unless Redis already holds that version
 /// or a newer one, drop the body and keep the version as a tombstone, so
 /// that query-service's fill of an older version is refused. KEYS the keys,
 /// ARGV the TTL in ms then their versions.
@@ -127,9 +127,15 @@ impl RedisSink {
 
     /// Tombstones the changed documents this sink does not write itself.
     async fn tombstone(&self, invalidations: &[Invalidation]) -> Result<(), SinkError> {
+        // Summaries are written above; histories are lists, which no tier
+        // caches in Redis (docs/adr/0012), so a tombstone would only cost a
+        // write per customer per batch.
         let others: Vec<&Invalidation> = invalidations
             .iter()
-            .filter(|i| !i.key.starts_with(ORDER_SUMMARY_KEY_PREFIX))
+            .filter(|i| {
+                !i.key.starts_with(ORDER_SUMMARY_KEY_PREFIX)
+                    && !i.key.starts_with(CUSTOMER_HISTORY_KEY_PREFIX)
+            })
             .collect();
         let mut connection = self.connection.clone();
         for chunk in others.chunks(CHUNK) {

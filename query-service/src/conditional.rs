@@ -78,6 +78,18 @@ pub fn respond_document(
     )
 }
 
+/// A list's (or report's) response: the value serialized once, [`respond`]
+/// with a validator from the bytes (a list has no version of its own).
+pub fn respond_list<T: serde::Serialize>(
+    request: &HttpRequest,
+    served: Served<T>,
+    cache_control: &'static str,
+) -> Result<HttpResponse, QueryError> {
+    let body = json_body(&served.value)?;
+    let etag = body_etag(&body);
+    Ok(respond(request, served.map(|_| body), &etag, cache_control))
+}
+
 /// A body serialized once, for [`respond`] and the caches.
 pub fn json_body<T: serde::Serialize>(value: &T) -> Result<Bytes, QueryError> {
     serde_json::to_vec(value)

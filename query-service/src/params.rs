@@ -237,22 +237,14 @@ impl Cursor for DailySalesCursor {
 }
 
 /// Splits the rows of a `limit + 1` fetch into the page (at most `limit`
-/// rows) and the `next_after` of the next page: the cursor of the page's last
-/// row if the extra row came back, `None` on the last page (so a client is
-/// never sent to an empty page).
-pub fn paginate<T, C: Cursor>(
-    mut rows: Vec<T>,
-    limit: i64,
-    key: impl Fn(&T) -> C,
-) -> (Vec<T>, Option<String>) {
+/// rows) and the `next_after` of the next page: `key` of the page's last row
+/// if the extra row came back, `None` on the last page (so a client is never
+/// sent to an empty page). Every list pages this way.
+pub fn paginate<T, K>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> K) -> (Vec<T>, Option<K>) {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let has_more = rows.len() > limit;
     rows.truncate(limit);
-    let next_after = if has_more {
-        rows.last().map(|row| key(row).encode())
-    } else {
-        None
-    };
+    let next_after = if has_more { rows.last().map(key) } else { None };
     (rows, next_after)
 }
 
@@ -511,7 +503,7 @@ mod tests {
         };
         let (items, next) = paginate(vec![1, 2, 3], 2, cursor_of);
         assert_eq!(items, vec![1, 2]);
-        assert_eq!(next, Some(cursor_of(&2).encode()));
+        assert_eq!(next, Some(cursor_of(&2)));
 
         let (items, next) = paginate(vec![1, 2], 2, cursor_of);
         assert_eq!(items, vec![1, 2]);

@@ -24,9 +24,12 @@ pub fn product_key(product_id: Uuid) -> String {
     format!("{PRODUCT_KEY_PREFIX}{product_id}")
 }
 
+/// What every [`customer_history_key`] starts with.
+pub const CUSTOMER_HISTORY_KEY_PREFIX: &str = "customer_history:";
+
 /// Cache key of a customer's order history (every list of it).
 pub fn customer_history_key(customer_id: Uuid) -> String {
-    format!("customer_history:{customer_id}")
+    format!("{CUSTOMER_HISTORY_KEY_PREFIX}{customer_id}")
 }
 
 /// Hash field of a document key holding the document's version. Every

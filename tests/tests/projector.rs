@@ -426,6 +426,22 @@ async fn other_changed_documents_leave_tombstones_that_never_move_back() {
         ttl > 0 && ttl <= projector::redis_sink::TOMBSTONE_TTL.as_millis() as i64,
         "{ttl}"
     );
+    // Histories are lists no tier caches in Redis: no tombstone for them.
+    let history = schema::views::customer_history_key(Uuid::new_v4());
+    sink.apply(&BatchEffects {
+        summaries: vec![],
+        invalidations: vec![Invalidation {
+            key: history.clone(),
+            version: 9,
+        }],
+    })
+    .await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&history)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
 }
 
 /// Sum of `projector_lag_events` and max of `projector_lag_seconds` over the

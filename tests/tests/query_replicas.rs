@@ -129,13 +129,14 @@ async fn wait_health(query: &QueryService, database: &str, healthy: bool) {
     .await;
 }
 
-/// Lag of `database` as /health/ready reports it, in ms.
-async fn reported_lag_ms(query: &QueryService, database: &str) -> Option<u64> {
+/// A figure of `database` (`lag_ms`, `checkpoint_lag`) as /health/ready
+/// reports it.
+async fn reported(query: &QueryService, database: &str, field: &str) -> Option<u64> {
     let ready = get(&format!("{}/health/ready", query.url), &[]).await;
     ready.body["databases"]
         .as_array()?
         .iter()
-        .find(|d| d["name"] == database)?["lag_ms"]
+        .find(|d| d["name"] == database)?[field]
         .as_u64()
 }
 
@@ -254,10 +255,16 @@ async fn a_lagging_replica_is_avoided_until_it_catches_up() {
     stack().set_replica_apply_delay(1, Some(Duration::from_secs(4)));
     let heal = Heal::NoDelay;
     let writer = Writer::start(replicated_product(&query).await);
+    // Both measures: replay lag in time, and the projector checkpoints its
+    // copy is missing.
     eventually("replica-2 reported lagging", CONSISTENCY, || async {
-        reported_lag_ms(&query, "replica-2")
+        let lagging = reported(&query, "replica-2", "lag_ms")
             .await
-            .filter(|lag| *lag > 1000)
+            .is_some_and(|lag| lag > 1000);
+        let trailing = reported(&query, "replica-2", "checkpoint_lag")
+            .await
+            .is_some_and(|messages| messages > 0);
+        (lagging && trailing).then_some(())
     })
     .await;
     for _ in 0..100 {

@@ -292,6 +292,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn concurrent_misses_of_a_key_make_one_load() {
+        let cache = Arc::new(cache());
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let misses = (0..32).map(|_| {
+            let (cache, loads) = (Arc::clone(&cache), Arc::clone(&loads));
+            tokio::spawn(async move {
+                cache
+                    .load_once("product:a", || async {
+                        loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(Some(Served {
+                            value: doc(1),
+                            from: Arc::from("replica-1"),
+                        }))
+                    })
+                    .await
+                    .map(|served| served.map(|s| s.value))
+            })
+        });
+        for miss in futures::future::join_all(misses).await {
+            assert_eq!(miss.expect("task").expect("load"), Some(doc(1)));
+        }
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn nothing_is_served_or_stored_while_the_feed_is_down() {
         let cache = cache();
         let generation = cache.generation();

@@ -10,10 +10,10 @@ use crate::conditional::{self, PUBLIC_SHORT};
 use crate::consistency::{Aggregate, Requirement};
 use crate::error::QueryError;
 use crate::metrics::Metrics;
-use crate::params::page_limit;
+use crate::params::{page_limit, paginate};
 use crate::read_model::{self, Product};
 use crate::reads::{self, DocumentRead};
-use crate::replicas::{ReadRouter, Served};
+use crate::replicas::ReadRouter;
 
 /// Default page size of `GET /products`.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -86,61 +86,9 @@ pub async fn list_products(
     })
     .await?;
     metrics.read("products", &served.from);
-    let body = conditional::json_body(&paginate(served.value, limit))
-        .map_err(|e| QueryError::CorruptReadModel(e.to_string()))?;
-    let etag = conditional::body_etag(&body);
-    let served = Served {
-        value: body,
-        from: served.from,
-    };
-    Ok(conditional::respond(&request, served, &etag, PUBLIC_SHORT))
-}
-
-fn paginate(mut rows: Vec<Product>, limit: i64) -> ProductPage {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    let next_after = if has_more {
-        rows.last().map(|p| p.product_id)
-    } else {
-        None
-    };
-    ProductPage {
-        items: rows,
-        next_after,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::Utc;
-    use schema::money::{Currency, Money};
-
-    fn product(n: u128) -> Product {
-        Product {
-            product_id: Uuid::from_u128(n),
-            sku: format!("SKU-{n}"),
-            name: format!("Product {n}"),
-            price: Money::new(100, Currency::try_from("EUR").expect("currency")),
-            discontinued: false,
-            version: 1,
-            updated_at: Utc::now(),
-        }
-    }
-
-    #[test]
-    fn next_after_is_the_last_item_when_more_rows_exist() {
-        let page = paginate((1..=3).map(product).collect(), 2);
-        assert_eq!(page.items.len(), 2);
-        assert_eq!(page.next_after, Some(Uuid::from_u128(2)));
-    }
-
-    #[test]
-    fn next_after_is_null_on_the_last_page() {
-        let page = paginate((1..=2).map(product).collect(), 2);
-        assert_eq!(page.items.len(), 2);
-        assert_eq!(page.next_after, None);
-        assert_eq!(paginate(vec![], 2).next_after, None);
-    }
+    let page = served.map(|rows| {
+        let (items, next_after) = paginate(rows, limit, |product| product.product_id);
+        ProductPage { items, next_after }
+    });
+    conditional::respond_list(&request, page, PUBLIC_SHORT)
 }
