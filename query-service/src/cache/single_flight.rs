@@ -51,8 +51,9 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
         value
     }
 
-    /// Loads in flight (for tests and metrics).
-    pub fn in_flight(&self) -> usize {
+    /// Loads in flight.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.calls
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
