@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use event_bus::TopicSettings;
+use service_runtime::breaker::BreakerSettings;
 use service_runtime::config::{optional, required, ConfigError};
 
 /// Everything command-service needs to run.
@@ -54,6 +55,21 @@ pub struct RelayConfig {
     /// `RELAY_DELIVERY_TIMEOUT_MS`: how long the producer retries one message
     /// before the batch is failed and re-read from the cursor.
     pub delivery_timeout: Duration,
+    /// The `kafka-producer` circuit breaker: `KAFKA_BREAKER_FAILURES`
+    /// (default 3) failed batches in a row open it, for
+    /// `KAFKA_BREAKER_OPEN_MS` (default 1000) doubling after each failed
+    /// probe batch up to `KAFKA_BREAKER_MAX_OPEN_MS` (default 30000).
+    /// While open the relay produces nothing.
+    pub breaker: BreakerSettings,
+}
+
+impl RelayConfig {
+    /// The `kafka-producer` breaker's defaults.
+    pub const DEFAULT_BREAKER: BreakerSettings = BreakerSettings {
+        failures_to_open: 3,
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(30),
+    };
 }
 
 impl Config {
@@ -80,6 +96,12 @@ impl Config {
                     "RELAY_DELIVERY_TIMEOUT_MS",
                     30_000,
                 )?),
+                breaker: BreakerSettings::from_env(
+                    "KAFKA_BREAKER_FAILURES",
+                    "KAFKA_BREAKER_OPEN_MS",
+                    "KAFKA_BREAKER_MAX_OPEN_MS",
+                    RelayConfig::DEFAULT_BREAKER,
+                )?,
             },
         })
     }

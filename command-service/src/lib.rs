@@ -12,5 +12,6 @@ pub mod group_commit;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
+pub mod openapi;
 pub mod relay;
 pub mod startup;

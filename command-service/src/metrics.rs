@@ -2,9 +2,16 @@
 //!
 //! Outbox lag is computed from the database when scraped, so every instance
 //! (leader or standby) reports the same truth and no background task is needed.
+//!
+//! The relay's `kafka-producer` circuit breaker reports
+//! `circuit_breaker_state{breaker}` (0 closed, 1 open, 2 half-open),
+//! `circuit_breaker_transitions_total{breaker, to}` and
+//! `circuit_breaker_rejected_calls_total{breaker}` here
+//! ([`service_runtime::breaker::BreakerMetrics`]).
 
 use actix_web::{web, HttpResponse};
 use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use service_runtime::breaker::BreakerMetrics;
 use sqlx::PgPool;
 
 /// The relay's counters, shared with the relay task.
@@ -13,6 +20,9 @@ pub struct RelayMetrics {
     pub published: IntCounter,
     pub failed_batches: IntCounter,
     pub leader: IntGauge,
+    /// `circuit_breaker_*` of this application's breakers (the relay's
+    /// `kafka-producer`).
+    pub breakers: BreakerMetrics,
 }
 
 /// Everything `/metrics` reports.
@@ -42,6 +52,7 @@ impl Metrics {
                 "relay_leader",
                 "1 while this instance holds the relay lease",
             )?,
+            breakers: BreakerMetrics::new(),
         };
         let lag_events = IntGauge::new(
             "outbox_lag_events",
@@ -54,6 +65,7 @@ impl Metrics {
         registry.register(Box::new(relay.published.clone()))?;
         registry.register(Box::new(relay.failed_batches.clone()))?;
         registry.register(Box::new(relay.leader.clone()))?;
+        relay.breakers.register(&registry)?;
         registry.register(Box::new(lag_events.clone()))?;
         registry.register(Box::new(lag_seconds.clone()))?;
         Ok(Self {

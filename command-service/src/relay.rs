@@ -13,6 +13,19 @@
 //! acknowledged every message of a batch, in order; a failure re-reads the
 //! batch from the cursor, so consumers may see a message again and drop it by
 //! (aggregate id, sequence).
+//!
+//! The producer sits behind the `kafka-producer` circuit breaker
+//! ([`service_runtime::breaker`]). A batch whose messages the broker did not
+//! acknowledge (an enqueue error, a failed or dropped delivery report, a
+//! delivery timeout) is a failure; `KAFKA_BREAKER_FAILURES` in a row open
+//! the breaker. While it is open the relay produces nothing: it keeps its
+//! lease (confirming it as when idle) and waits, shutdown permitting, until
+//! the open period is over; then one batch goes out as the probe. Its
+//! acknowledgement closes the breaker; its failure re-opens it for longer.
+//! Reading the outbox, the cursor write and bad rows say nothing about the
+//! broker and are not counted. None of this changes what is published or
+//! when the cursor moves: one batch at a time, in order, the cursor only
+//! after every delivery report.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -24,6 +37,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use schema::envelope::{topic_for, EventHeaders};
 use service_runtime::backoff::Backoff;
+use service_runtime::breaker::{Breaker, CallPermit};
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -32,6 +46,13 @@ use crate::metrics::RelayMetrics;
 
 /// Name of the relay's cursor row and lease. One relay per event store.
 pub const RELAY_NAME: &str = "main";
+
+/// Name of the producer's circuit breaker (the `breaker` metric label).
+pub const PRODUCER_BREAKER: &str = "kafka-producer";
+
+/// Shortest pause of a relay waiting for its open breaker, so that a probe
+/// just due does not make it spin.
+const MIN_BREAKER_WAIT: Duration = Duration::from_millis(5);
 
 /// The relay's failure modes; each is retried from the stored cursor.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +129,9 @@ pub struct OutboxRelay {
     topics: TopicSettings,
     config: RelayConfig,
     producer: FutureProducer,
+    /// Guards `producer`; kept across leaderships and producer re-creation
+    /// (it judges the broker, not one producer instance).
+    breaker: Breaker,
     status: RelayStatus,
     metrics: RelayMetrics,
 }
@@ -120,6 +144,7 @@ impl OutboxRelay {
         metrics: RelayMetrics,
     ) -> Result<Self, RelayError> {
         let producer = create_producer(&topics, &config)?;
+        let breaker = Breaker::new(PRODUCER_BREAKER, config.breaker, &metrics.breakers);
         Ok(Self {
             name: RELAY_NAME.to_owned(),
             metrics,
@@ -127,6 +152,7 @@ impl OutboxRelay {
             topics,
             config,
             producer,
+            breaker,
             status: RelayStatus::standby(),
         })
     }
@@ -226,17 +252,27 @@ impl OutboxRelay {
         let mut backoff = Backoff::default();
         let mut checked = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
-            match self.publish_next_batch(&mut cursor, lease).await {
+            let Some(permit) = self.breaker.try_acquire() else {
+                // The broker's breaker is open: produce nothing until its
+                // probe is due, and keep the lease as when idle.
+                self.confirm_lease(lease, &mut checked).await?;
+                let wait = self
+                    .breaker
+                    .open_remaining()
+                    .unwrap_or(self.config.poll_interval)
+                    .min(self.config.lease_retry)
+                    .max(MIN_BREAKER_WAIT);
+                if sleep_or_shutdown(wait, shutdown).await {
+                    break;
+                }
+                continue;
+            };
+            match self.publish_next_batch(&mut cursor, lease, permit).await {
                 Ok(0) => {
                     backoff.reset();
                     // Idle: confirm now and then that the lease still stands,
                     // so a standby is not blocked by a leader that cannot publish.
-                    if checked.elapsed() >= self.config.lease_retry {
-                        sqlx::query!("SELECT 1 AS alive")
-                            .fetch_one(&mut lease.conn)
-                            .await?;
-                        checked = tokio::time::Instant::now();
-                    }
+                    self.confirm_lease(lease, &mut checked).await?;
                     if sleep_or_shutdown(self.config.poll_interval, shutdown).await {
                         break;
                     }
@@ -269,6 +305,22 @@ impl OutboxRelay {
         Ok(())
     }
 
+    /// Checks that the lease's session still stands if it was last
+    /// confirmed `lease_retry` ago or more.
+    async fn confirm_lease(
+        &self,
+        lease: &mut Lease,
+        checked: &mut tokio::time::Instant,
+    ) -> Result<(), sqlx::Error> {
+        if checked.elapsed() >= self.config.lease_retry {
+            sqlx::query!("SELECT 1 AS alive")
+                .fetch_one(&mut lease.conn)
+                .await?;
+            *checked = tokio::time::Instant::now();
+        }
+        Ok(())
+    }
+
     fn recreate_producer(&mut self) {
         match create_producer(&self.topics, &self.config) {
             Ok(producer) => self.producer = producer,
@@ -297,11 +349,14 @@ impl OutboxRelay {
     }
 
     /// Publishes the next batch after `cursor` and advances it. Returns how
-    /// many events were published.
+    /// many events were published. Settles `permit` with the broker's
+    /// verdict on the batch; an empty batch, a failed read and a bad row
+    /// leave it unsettled (they say nothing about the broker).
     async fn publish_next_batch(
         &self,
         cursor: &mut Cursor,
         lease: &mut Lease,
+        permit: CallPermit,
     ) -> Result<usize, RelayError> {
         let rows = sqlx::query!(
             r#"SELECT transaction_id::text AS "transaction_id!",
@@ -372,18 +427,26 @@ impl OutboxRelay {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((error, _)) => return Err(error.into()),
+                    Err((error, _)) => {
+                        permit.failure();
+                        return Err(error.into());
+                    }
                 }
             };
             deliveries.push((row.position, delivery));
         }
         for (position, delivery) in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(error.into()),
-                Err(_) => return Err(RelayError::DeliveryCanceled { position }),
-            }
+            let failed = match delivery.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((error, _))) => error.into(),
+                Err(_) => RelayError::DeliveryCanceled { position },
+            };
+            permit.failure();
+            return Err(failed);
         }
+        // Every message acknowledged: the broker is fine, whatever becomes
+        // of the cursor write below.
+        permit.success();
 
         sqlx::query!(
             r#"INSERT INTO outbox_cursor (relay, transaction_id, position, updated_at)

@@ -145,6 +145,7 @@ fn http_server(
             .route("/health/live", web::get().to(HttpResponse::Ok))
             .route("/health/ready", web::get().to(ready))
             .route("/health/relay", web::get().to(relay_role))
+            .route("/openapi.json", web::get().to(crate::openapi::serve))
             .configure(http::routes)
             .default_service(web::to(problem_details::route_not_found))
     })

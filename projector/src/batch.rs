@@ -56,6 +56,16 @@ impl Message {
         .map_err(|e| e.to_string())
     }
 
+    /// The trace the event's command started, from its `traceparent`
+    /// header; None for events published without one.
+    pub fn trace_parent(&self) -> Option<schema::trace_context::TraceParent> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == schema::envelope::header::TRACEPARENT)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+            .and_then(|text| text.parse().ok())
+    }
+
     /// The aggregate the message belongs to, if its headers say.
     pub fn aggregate(&self) -> Option<AggregateRef> {
         self.event_headers().ok().map(|h| AggregateRef {

@@ -301,6 +301,7 @@ impl Projector {
         self.redis.apply(&outcome.effects).await;
         self.commit_hint(&outcome);
         self.record_lag(batch, &outcome);
+        trace_projected(batch);
     }
 
     /// Commits the batch's offsets to Kafka too, asynchronously: only a hint
@@ -345,6 +346,43 @@ impl Projector {
                 .max();
             self.lag.applied(topic, *partition, *next, newest);
         }
+    }
+}
+
+/// Target of the per-event trace spans; enable with
+/// `RUST_LOG=info,projector::trace=debug`.
+const TRACE_TARGET: &str = "projector::trace";
+
+/// Continues each event's trace (command → append → publish → project) with
+/// one span per projected event, a child of the relay's publish span from the
+/// `traceparent` header. The batch commits many traces at once, so the span
+/// is recorded after the commit, carrying the batch's outcome; at the default
+/// level this costs one `enabled!` check per batch.
+fn trace_projected(batch: &[Message]) {
+    if !tracing::enabled!(target: TRACE_TARGET, tracing::Level::DEBUG) {
+        return;
+    }
+    for message in batch {
+        let Some(parent) = message.trace_parent() else {
+            continue;
+        };
+        let span = parent.child();
+        tracing::debug_span!(
+            target: TRACE_TARGET,
+            "project",
+            trace_id = %span.trace_id(),
+            span_id = %span.span_id(),
+            parent_span_id = %parent.span_id(),
+        )
+        .in_scope(|| {
+            tracing::debug!(
+                target: TRACE_TARGET,
+                topic = message.topic,
+                partition = message.partition,
+                offset = message.offset,
+                "event projected"
+            );
+        });
     }
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use service_runtime::breaker::BreakerSettings;
 use service_runtime::config::{optional, required, ConfigError};
 
 /// Everything query-service needs to run.
@@ -46,8 +47,8 @@ pub struct Config {
     pub primary_pool_size: u32,
     /// Budget of one attempt on one database, waiting for a connection
     /// included (`READ_ATTEMPT_TIMEOUT_MS`). Past it the read moves on to
-    /// the next database and the slow one is taken out until its next
-    /// successful health check.
+    /// the next database, and the timeout counts against the slow one's
+    /// circuit breaker ([`Config::db_breaker`]).
     pub read_attempt_timeout: Duration,
     /// Budget of a whole read over all attempts (`READ_DEADLINE_MS`); past
     /// it the answer is 503.
@@ -82,6 +83,17 @@ pub struct Config {
     /// Time to live of a document query-service puts in Redis
     /// (`REDIS_CACHE_TTL_S`).
     pub redis_cache_ttl: Duration,
+    /// The circuit breaker of each database (`db-replica-N`, `db-primary`):
+    /// `DB_BREAKER_FAILURES` (default 1: one failed or timed-out read
+    /// attempt takes the database out) failed attempts in a row open it for
+    /// `DB_BREAKER_OPEN_MS` (default 1000), doubling after each failed probe
+    /// read up to `DB_BREAKER_MAX_OPEN_MS` (default 10000).
+    pub db_breaker: BreakerSettings,
+    /// The `redis-cache` circuit breaker: after `REDIS_BREAKER_FAILURES`
+    /// (default 1) failed calls in a row, requests skip Redis for
+    /// `REDIS_BREAKER_OPEN_MS` (default 1000), doubling after each failed
+    /// probe up to `REDIS_BREAKER_MAX_OPEN_MS` (default 10000).
+    pub redis_breaker: BreakerSettings,
 }
 
 /// What to do with a read when no replica is healthy and fresh enough.
@@ -106,6 +118,20 @@ impl FromStr for PrimaryFallback {
 }
 
 impl Config {
+    /// Default [`Config::db_breaker`].
+    pub const DEFAULT_DB_BREAKER: BreakerSettings = BreakerSettings {
+        failures_to_open: 1,
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(10),
+    };
+
+    /// Default [`Config::redis_breaker`].
+    pub const DEFAULT_REDIS_BREAKER: BreakerSettings = BreakerSettings {
+        failures_to_open: 1,
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(10),
+    };
+
     /// Default `QUERY_HTTP_ADDR`.
     pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
         std::net::Ipv4Addr::LOCALHOST,
@@ -138,6 +164,8 @@ impl Config {
             local_cache_capacity: 100_000,
             local_cache_ttl: Duration::from_secs(30),
             redis_cache_ttl: Duration::from_secs(600),
+            db_breaker: Self::DEFAULT_DB_BREAKER,
+            redis_breaker: Self::DEFAULT_REDIS_BREAKER,
         }
     }
 
@@ -188,6 +216,18 @@ impl Config {
                 "REDIS_CACHE_TTL_S",
                 optional("REDIS_CACHE_TTL_S", d.redis_cache_ttl.as_secs())?,
             )?),
+            db_breaker: BreakerSettings::from_env(
+                "DB_BREAKER_FAILURES",
+                "DB_BREAKER_OPEN_MS",
+                "DB_BREAKER_MAX_OPEN_MS",
+                d.db_breaker,
+            )?,
+            redis_breaker: BreakerSettings::from_env(
+                "REDIS_BREAKER_FAILURES",
+                "REDIS_BREAKER_OPEN_MS",
+                "REDIS_BREAKER_MAX_OPEN_MS",
+                d.redis_breaker,
+            )?,
         })
     }
 }
@@ -253,6 +293,8 @@ impl fmt::Debug for Config {
             .field("local_cache_capacity", &self.local_cache_capacity)
             .field("local_cache_ttl", &self.local_cache_ttl)
             .field("redis_cache_ttl", &self.redis_cache_ttl)
+            .field("db_breaker", &self.db_breaker)
+            .field("redis_breaker", &self.redis_breaker)
             .finish()
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod consistency;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod params;
 pub mod read_model;
 pub mod reads;

@@ -3,11 +3,20 @@
 //! Counters are bumped by the handlers; the per-database gauges (health,
 //! lag, checkpoint lag) and the cache state are read from the router and
 //! the caches at scrape time, so they are never older than the last check.
+//!
+//! Circuit breakers ([`service_runtime::breaker`]): `redis-cache` in front
+//! of Redis and `db-<database>` (`db-replica-1`, ..., `db-primary`) in front
+//! of each database report `circuit_breaker_state{breaker}` (0 closed,
+//! 1 open, 2 half-open), `circuit_breaker_transitions_total{breaker, to}`
+//! and `circuit_breaker_rejected_calls_total{breaker}`. The counters count
+//! only for breakers built with [`Metrics::breakers`]; the state gauge is
+//! also refreshed from every breaker at scrape time.
 
 use actix_web::{web, HttpResponse};
 use prometheus::{
     Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use service_runtime::breaker::BreakerMetrics;
 
 use crate::cache::{Feed, RedisTier};
 use crate::replicas::ReadRouter;
@@ -24,7 +33,7 @@ pub struct Metrics {
     database_lag_seconds: GaugeVec,
     database_checkpoint_lag: IntGaugeVec,
     feed_up: IntGauge,
-    redis_breaker_open: IntGauge,
+    breakers: BreakerMetrics,
 }
 
 impl Metrics {
@@ -62,16 +71,13 @@ impl Metrics {
             "query_invalidation_feed_up",
             "1 while subscribed to the projector's invalidation signals",
         )?;
-        let redis_breaker_open = IntGauge::new(
-            "query_redis_breaker_open",
-            "1 while Redis calls are skipped after a failure",
-        )?;
+        let breakers = BreakerMetrics::new();
         registry.register(Box::new(reads.clone()))?;
         registry.register(Box::new(database_healthy.clone()))?;
         registry.register(Box::new(database_lag_seconds.clone()))?;
         registry.register(Box::new(database_checkpoint_lag.clone()))?;
         registry.register(Box::new(feed_up.clone()))?;
-        registry.register(Box::new(redis_breaker_open.clone()))?;
+        breakers.register(&registry)?;
         Ok(Self {
             registry,
             reads,
@@ -79,8 +85,14 @@ impl Metrics {
             database_lag_seconds,
             database_checkpoint_lag,
             feed_up,
-            redis_breaker_open,
+            breakers,
         })
+    }
+
+    /// The circuit breaker collectors of this registry, for
+    /// [`ReadRouter::with_breaker_metrics`] and [`RedisTier::with_breaker`].
+    pub fn breakers(&self) -> &BreakerMetrics {
+        &self.breakers
     }
 
     /// One read of `endpoint` answered from `source`.
@@ -92,6 +104,7 @@ impl Metrics {
         for database in router.databases() {
             let name = database.name().as_ref();
             let health = database.health();
+            self.breakers.observe(database.breaker());
             self.database_healthy
                 .with_label_values(&[name])
                 .set(i64::from(health.healthy));
@@ -107,7 +120,7 @@ impl Metrics {
             }
         }
         self.feed_up.set(i64::from(feed.is_up()));
-        self.redis_breaker_open.set(i64::from(redis.is_open()));
+        self.breakers.observe(redis.breaker());
     }
 }
 

@@ -14,11 +14,37 @@
 //! (`projector_offsets`): how many projected messages a replica trails.
 //!
 //! A read goes to a replica that is healthy and within the lag bound, round
-//! robin; an attempt that fails or outlives its budget takes that database
-//! out (until its monitor next succeeds) and the read moves on to the next
-//! one, within the read's deadline. Reads carrying a consistency token use
+//! robin; an attempt that fails or outlives its budget counts against that
+//! database and the read moves on to the next one, within the read's
+//! deadline. Reads carrying a consistency token use
 //! [`ReadRouter::read_consistent`] instead, which ignores the lag bound and
 //! asks each database whether it has the data.
+//!
+//! Every database, the primary included, has its own circuit breaker
+//! (`db-replica-1`, ..., `db-primary`; [`service_runtime::breaker`],
+//! settings [`Config::db_breaker`]). A database is a candidate only if its
+//! monitor found it healthy (and, for plain reads, within the lag bound)
+//! *and* its breaker permits a call. Read attempts feed the breaker: a
+//! retryable failure (unreachable, pool exhausted, slower than the attempt
+//! budget) is a failure, anything the database answered (data, "not fresh
+//! enough", a non-retryable error) a success; a timeout only counts when the
+//! attempt had its whole budget, not the remains of the read's deadline. By
+//! default one failure opens the breaker for 1 s, so a database that stops
+//! answering stops getting reads after the first attempt that found out.
+//! After the open period the next read that picks it is the one probe (a
+//! real read; the others skip it meanwhile): success closes the breaker,
+//! failure re-opens it for twice as long (up to the maximum). The monitor's
+//! checks do not close a breaker: a database whose one-connection health
+//! check passes can still fail reads (a saturated pool, slow queries), and
+//! only a read shows that it serves reads again. Its checks still decide
+//! health: while they fail, the database is not a candidate, so no probe is
+//! spent on it; once they pass again, the probe follows at the next read
+//! (the open period being long over after any real outage).
+//!
+//! The primary has a breaker too: it serves the writes, so a primary that
+//! struggles must not also be handed every fallback and consistent read,
+//! each waiting out its attempt budget. With its breaker open, fallback
+//! reads get a fast 503 (`Retry-After`) instead of piling onto it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -27,6 +53,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use service_runtime::breaker::{Breaker, BreakerMetrics};
 use service_runtime::shutdown::CancellationToken;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
@@ -51,7 +78,8 @@ pub enum Role {
 /// What the monitor last learned about one database.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Health {
-    /// The last check (or read) succeeded.
+    /// The monitor's last check succeeded. (Failed reads feed the
+    /// database's breaker instead.)
     pub healthy: bool,
     /// Age of the newest primary write this database has not replayed
     /// (zero for the primary); `None` until measured.
@@ -71,6 +99,8 @@ pub struct Database {
     /// cannot keep the monitor from noticing.
     probe: PgPool,
     health: Mutex<Health>,
+    /// `db-<name>`: fed by read attempts, see the module documentation.
+    breaker: Breaker,
 }
 
 impl Database {
@@ -80,6 +110,7 @@ impl Database {
         url: &str,
         pool_size: u32,
         config: &Config,
+        breakers: &BreakerMetrics,
     ) -> Result<Self, sqlx::Error> {
         let statement_timeout_ms = config.read_statement_timeout.as_millis();
         let options = PgConnectOptions::from_str(url)?
@@ -95,6 +126,7 @@ impl Database {
                 .connect_lazy_with(options.clone())
         };
         Ok(Self {
+            breaker: Breaker::new(&format!("db-{name}"), config.db_breaker, breakers),
             name: name.into(),
             role,
             pool: pool(pool_size),
@@ -117,14 +149,9 @@ impl Database {
         *self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A read on this database failed in a way that says it is unreachable
-    /// or overloaded: stop sending reads until its monitor sees it healthy.
-    fn mark_failed(&self) {
-        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        if health.healthy {
-            tracing::warn!(database = %self.name, "read failed; taking the database out until it answers its health check");
-        }
-        health.healthy = false;
+    /// The database's circuit breaker (`db-<name>`).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     fn record(&self, observed: Health) {
@@ -169,9 +196,20 @@ pub struct ReadRouter {
 }
 
 impl ReadRouter {
-    /// Pools for every database, connecting lazily. Fails only on a
-    /// malformed URL.
+    /// Pools for every database, connecting lazily, their breakers
+    /// reporting to metrics no registry holds (their state is still
+    /// exported by [`crate::metrics::Metrics`] at scrape time). Fails only
+    /// on a malformed URL.
     pub fn new(config: &Config) -> Result<Self, sqlx::Error> {
+        Self::with_breaker_metrics(config, &BreakerMetrics::new())
+    }
+
+    /// [`ReadRouter::new`] with the databases' breakers reporting to
+    /// `breakers` (the application's).
+    pub fn with_breaker_metrics(
+        config: &Config,
+        breakers: &BreakerMetrics,
+    ) -> Result<Self, sqlx::Error> {
         let replicas = config
             .replica_database_urls
             .iter()
@@ -183,6 +221,7 @@ impl ReadRouter {
                     url,
                     config.replica_pool_size,
                     config,
+                    breakers,
                 )
                 .map(Arc::new)
             })
@@ -193,6 +232,7 @@ impl ReadRouter {
             &config.primary_database_url,
             config.primary_pool_size,
             config,
+            breakers,
         )?);
         Ok(Self {
             replicas,
@@ -214,10 +254,11 @@ impl ReadRouter {
         self.replicas.iter().chain(std::iter::once(&self.primary))
     }
 
-    /// Runs `read` on a replica that is healthy and within the lag bound
-    /// (round robin), moving on to the next one when an attempt fails with a
-    /// retryable error or outlives its budget, then on the primary if
-    /// allowed. 503 ([`QueryError::NoDatabase`]) if none qualifies.
+    /// Runs `read` on a replica that is healthy, within the lag bound and
+    /// permitted by its breaker (round robin), moving on to the next one
+    /// when an attempt fails with a retryable error or outlives its budget,
+    /// then on the primary if allowed. 503 ([`QueryError::NoDatabase`]) if
+    /// none qualifies.
     pub async fn read<T, F, Fut>(&self, read: F) -> Result<Served<T>, QueryError>
     where
         F: Fn(PgPool) -> Fut,
@@ -226,7 +267,10 @@ impl ReadRouter {
         let deadline = Instant::now() + self.deadline;
         let mut last_error = None;
         for database in self.candidates() {
-            match self.attempt(&database, deadline, &read).await {
+            let Some(result) = self.attempt(&database, deadline, &read).await else {
+                continue;
+            };
+            match result {
                 Ok(value) => {
                     return Ok(Served {
                         value,
@@ -245,9 +289,10 @@ impl ReadRouter {
 
     /// Read-your-writes: runs `read` until it returns `Some` (the database
     /// has data at least as fresh as the client asked for) on some healthy
-    /// database, lag bound ignored. Replicas are polled first; the primary
-    /// joins once [`Config::consistent_read_replica_wait`] has passed (or
-    /// when no replica is healthy), if fallback is allowed. Past
+    /// database whose breaker permits a call, lag bound ignored. Replicas
+    /// are polled first; the primary joins once
+    /// [`Config::consistent_read_replica_wait`] has passed (or when no
+    /// replica qualifies), if fallback is allowed. Past
     /// [`Config::consistent_read_timeout`] the answer is
     /// [`QueryError::NotYetConsistent`]: never a silently stale one.
     pub async fn read_consistent<T, F, Fut>(&self, read: F) -> Result<Served<T>, QueryError>
@@ -259,18 +304,25 @@ impl ReadRouter {
         let deadline = started + self.consistent_timeout;
         let mut asked_any = false;
         loop {
-            let mut round: Vec<Arc<Database>> =
-                self.rotated(self.replicas.iter().filter(|r| r.health().healthy));
+            let mut round: Vec<Arc<Database>> = self.rotated(
+                self.replicas
+                    .iter()
+                    .filter(|r| r.health().healthy && r.breaker.is_call_permitted()),
+            );
             let replica_wait_over = started.elapsed() >= self.consistent_replica_wait;
             if self.fallback == PrimaryFallback::Allow
                 && (replica_wait_over || round.is_empty())
                 && self.primary.health().healthy
+                && self.primary.breaker.is_call_permitted()
             {
                 round.push(Arc::clone(&self.primary));
             }
             for database in round {
+                let Some(result) = self.attempt(&database, deadline, &read).await else {
+                    continue;
+                };
                 asked_any = true;
-                match self.attempt(&database, deadline, &read).await {
+                match result {
                     Ok(Some(value)) => {
                         return Ok(Served {
                             value,
@@ -296,38 +348,53 @@ impl ReadRouter {
         }
     }
 
-    /// One attempt on one database within its budget; a retryable failure
-    /// takes the database out.
+    /// One attempt on one database within its budget, if its breaker
+    /// permits (`None`: skipped, as if unhealthy). The outcome is the
+    /// breaker's verdict: a retryable failure counts against the database,
+    /// except a timeout of an attempt that did not have its whole budget
+    /// (the read's deadline cut it short), which records nothing.
     async fn attempt<T, F, Fut>(
         &self,
         database: &Database,
         deadline: Instant,
         read: &F,
-    ) -> Result<T, QueryError>
+    ) -> Option<Result<T, QueryError>>
     where
         F: Fn(PgPool) -> Fut,
         Fut: Future<Output = Result<T, QueryError>>,
     {
-        let budget = self
-            .attempt_timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
+        let Some(permit) = database.breaker.try_acquire() else {
+            tracing::debug!(database = %database.name, "circuit breaker open; skipping the database");
+            return None;
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let budget = self.attempt_timeout.min(remaining);
         let result = match tokio::time::timeout(budget, read(database.pool.clone())).await {
             Ok(result) => result,
+            Err(_) if budget < self.attempt_timeout => {
+                drop(permit);
+                return Some(Err(QueryError::DeadlineExceeded {
+                    database: database.name.to_string(),
+                }));
+            }
             Err(_) => Err(QueryError::DeadlineExceeded {
                 database: database.name.to_string(),
             }),
         };
-        if let Err(error) = &result {
-            if error.is_retryable() {
-                tracing::warn!(database = %database.name, %error, "read attempt failed; trying the next database");
-                database.mark_failed();
+        match &result {
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(database = %database.name, %error, probe = permit.is_probe(), "read attempt failed; trying the next database");
+                permit.failure();
             }
+            _ => permit.success(),
         }
-        result
+        Some(result)
     }
 
-    /// Healthy replicas within the lag bound, rotated, then the primary if
-    /// fallback is allowed.
+    /// Healthy replicas within the lag bound whose breakers permit a call,
+    /// rotated, then the primary if fallback is allowed (and it qualifies
+    /// likewise). The breakers are only asked here, not entered: the probe
+    /// of a half-open one is taken by the attempt that uses it.
     fn candidates(&self) -> Vec<Arc<Database>> {
         let primary_healthy = self.primary.health().healthy;
         let mut candidates = self.rotated(self.replicas.iter().filter(|replica| {
@@ -339,8 +406,12 @@ impl ReadRouter {
                     Some(lag) => lag <= self.max_lag,
                     None => !primary_healthy,
                 }
+                && replica.breaker.is_call_permitted()
         }));
-        if self.fallback == PrimaryFallback::Allow && primary_healthy {
+        if self.fallback == PrimaryFallback::Allow
+            && primary_healthy
+            && self.primary.breaker.is_call_permitted()
+        {
             candidates.push(Arc::clone(&self.primary));
         }
         candidates
@@ -359,7 +430,8 @@ impl ReadRouter {
     }
 
     /// Whether a read without a consistency token would find a database
-    /// now (readiness).
+    /// now (readiness): breakers count, a database whose breaker is open is
+    /// not one.
     pub fn can_serve(&self) -> bool {
         !self.candidates().is_empty()
     }
@@ -521,7 +593,205 @@ impl LsnTimeline {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use service_runtime::breaker::{BreakerSettings, BreakerState};
+
     use super::*;
+
+    const OPEN: Duration = Duration::from_millis(50);
+
+    /// A router over databases on ports 1 (primary), 2, 3, ... (replicas)
+    /// that nothing listens on: the tests' reads never touch the pools, they
+    /// only look at which database they were given. Every database is
+    /// reported healthy and current, as the monitor would.
+    fn router(replicas: u16, fallback: PrimaryFallback, deadline: Duration) -> ReadRouter {
+        let config = Config {
+            primary_fallback: fallback,
+            read_attempt_timeout: Duration::from_millis(100),
+            read_deadline: deadline,
+            db_breaker: BreakerSettings {
+                failures_to_open: 1,
+                open_for: OPEN,
+                max_open_for: OPEN * 4,
+            },
+            ..Config::new(
+                "postgres://app:app@127.0.0.1:1/app",
+                (2..2 + replicas)
+                    .map(|port| format!("postgres://app:app@127.0.0.1:{port}/app"))
+                    .collect(),
+                "redis://127.0.0.1:1/",
+            )
+        };
+        let router = ReadRouter::new(&config).expect("valid urls");
+        for database in router.databases() {
+            database.record(Health {
+                healthy: true,
+                lag: Some(Duration::ZERO),
+                checkpoint_lag: Some(0),
+            });
+        }
+        router
+    }
+
+    fn port(pool: &PgPool) -> u16 {
+        pool.connect_options().get_port()
+    }
+
+    fn unavailable() -> QueryError {
+        QueryError::Unavailable(sqlx::Error::PoolTimedOut)
+    }
+
+    fn state(router: &ReadRouter, name: &str) -> BreakerState {
+        router
+            .databases()
+            .find(|d| d.name().as_ref() == name)
+            .expect("database")
+            .breaker()
+            .state()
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_takes_the_database_out_until_its_probe_succeeds() {
+        let router = router(2, PrimaryFallback::Deny, Duration::from_secs(1));
+        let replica_1_down = AtomicBool::new(true);
+        let attempts_on_replica_1 = AtomicUsize::new(0);
+        let read = |pool: PgPool| {
+            let port = port(&pool);
+            if port == 2 {
+                attempts_on_replica_1.fetch_add(1, Ordering::SeqCst);
+            }
+            let down = port == 2 && replica_1_down.load(Ordering::SeqCst);
+            async move {
+                if down {
+                    Err(unavailable())
+                } else {
+                    Ok(port)
+                }
+            }
+        };
+        for _ in 0..10 {
+            let served = router.read(&read).await.expect("replica-2 answers");
+            assert_eq!(served.value, 3);
+        }
+        assert_eq!(
+            attempts_on_replica_1.load(Ordering::SeqCst),
+            1,
+            "only the first attempt finds out"
+        );
+        assert_eq!(state(&router, "replica-1"), BreakerState::Open);
+        assert_eq!(state(&router, "replica-2"), BreakerState::Closed);
+
+        // Recovered; after the open period the next read that picks it is
+        // the probe, and it closes the breaker.
+        replica_1_down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(OPEN + Duration::from_millis(10)).await;
+        let mut sources = Vec::new();
+        for _ in 0..4 {
+            sources.push(router.read(&read).await.expect("read").value);
+        }
+        assert!(sources.contains(&2), "replica-1 serves again: {sources:?}");
+        assert_eq!(state(&router, "replica-1"), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_keeps_the_database_out() {
+        let router = router(1, PrimaryFallback::Allow, Duration::from_secs(1));
+        let read = |pool: PgPool| {
+            let port = port(&pool);
+            async move {
+                if port == 2 {
+                    Err(unavailable())
+                } else {
+                    Ok(port)
+                }
+            }
+        };
+        assert_eq!(router.read(&read).await.expect("primary").value, 1);
+        assert_eq!(state(&router, "replica-1"), BreakerState::Open);
+        tokio::time::sleep(OPEN + Duration::from_millis(10)).await;
+        // The probe fails; the read still gets its answer from the primary.
+        assert_eq!(router.read(&read).await.expect("primary").value, 1);
+        assert_eq!(state(&router, "replica-1"), BreakerState::Open);
+        let remaining = router.replicas[0].breaker().open_remaining().expect("open");
+        assert!(remaining > OPEN, "open for longer: {remaining:?}");
+    }
+
+    #[tokio::test]
+    async fn an_open_primary_breaker_sheds_fallback_reads() {
+        let router = router(0, PrimaryFallback::Allow, Duration::from_secs(1));
+        let attempts = AtomicUsize::new(0);
+        let failing = |_pool: PgPool| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(unavailable()) }
+        };
+        assert!(router.can_serve());
+        assert!(router.read(&failing).await.is_err());
+        assert_eq!(state(&router, "primary"), BreakerState::Open);
+        assert!(!router.can_serve(), "readiness follows the breaker");
+        assert!(matches!(
+            router.read(&failing).await,
+            Err(QueryError::NoDatabase)
+        ));
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+
+        tokio::time::sleep(OPEN + Duration::from_millis(10)).await;
+        assert!(router.can_serve(), "a probe is due");
+        let ok = |_pool: PgPool| async { Ok(()) };
+        router.read(&ok).await.expect("the probe");
+        assert_eq!(state(&router, "primary"), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn answers_count_as_successes_and_truncated_timeouts_not_at_all() {
+        // Deadline shorter than the attempt budget: the timeout is the
+        // read's, not the database's.
+        let short = router(1, PrimaryFallback::Deny, Duration::from_millis(30));
+        let hanging = |_pool: PgPool| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        };
+        assert!(matches!(
+            short.read(&hanging).await,
+            Err(QueryError::DeadlineExceeded { .. })
+        ));
+        assert_eq!(state(&short, "replica-1"), BreakerState::Closed);
+
+        // A non-retryable error is the database answering.
+        let not_found = |_pool: PgPool| async {
+            Err::<(), _>(QueryError::NotFound {
+                resource: "product",
+                id: "x".to_owned(),
+            })
+        };
+        assert!(short.read(&not_found).await.is_err());
+        assert_eq!(state(&short, "replica-1"), BreakerState::Closed);
+
+        // With its whole budget, a timeout counts.
+        let full = router(1, PrimaryFallback::Deny, Duration::from_secs(1));
+        assert!(full.read(&hanging).await.is_err());
+        assert_eq!(state(&full, "replica-1"), BreakerState::Open);
+    }
+
+    #[tokio::test]
+    async fn consistent_reads_skip_open_breakers_and_ask_the_primary() {
+        let router = router(1, PrimaryFallback::Allow, Duration::from_secs(1));
+        let failing = |_pool: PgPool| async { Err::<Option<u16>, _>(unavailable()) };
+        // Opens replica-1's breaker (and the primary's).
+        let _ = router.read_consistent(&failing).await;
+        router.primary.breaker().reset();
+        assert_eq!(state(&router, "replica-1"), BreakerState::Open);
+        let fresh = |pool: PgPool| {
+            let port = port(&pool);
+            async move { Ok(Some(port)) }
+        };
+        // No replica qualifies, so the primary is asked at once rather than
+        // after the replica wait.
+        let started = Instant::now();
+        let served = router.read_consistent(&fresh).await.expect("primary");
+        assert_eq!(served.value, 1);
+        assert!(started.elapsed() < router.consistent_replica_wait);
+    }
 
     #[test]
     fn no_lag_when_the_newest_primary_position_is_replayed() {

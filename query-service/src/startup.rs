@@ -54,10 +54,19 @@ pub struct State {
 impl State {
     /// Pools and caches, nothing connected yet.
     pub fn new(config: &Config) -> Result<Self, StartupError> {
-        let router = Arc::new(ReadRouter::new(config).map_err(StartupError::InvalidDatabaseUrl)?);
+        let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
+        let router = Arc::new(
+            ReadRouter::with_breaker_metrics(config, metrics.breakers())
+                .map_err(StartupError::InvalidDatabaseUrl)?,
+        );
         let redis = Arc::new(
-            RedisTier::new(&config.redis_url, config.redis_timeout)
-                .map_err(StartupError::InvalidRedisUrl)?,
+            RedisTier::with_breaker(
+                &config.redis_url,
+                config.redis_timeout,
+                config.redis_breaker,
+                metrics.breakers(),
+            )
+            .map_err(StartupError::InvalidRedisUrl)?,
         );
         let feed = Arc::new(Feed::default());
         let cache = |prefix| {
@@ -74,7 +83,6 @@ impl State {
             orders: cache(ORDER_SUMMARY_KEY_PREFIX),
             products: cache(PRODUCT_KEY_PREFIX),
         });
-        let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
         Ok(Self {
             router,
             redis,

@@ -20,6 +20,10 @@ pub mod metadata {
     /// Unique id of the command that produced the event; lets the command side find
     /// the rows one command wrote.
     pub const COMMAND_ID: &str = "command_id";
+    /// W3C `traceparent` of the command's span, so the relay and the
+    /// projector continue its trace (see [`crate::trace_context`]). Absent on
+    /// events appended before tracing existed.
+    pub const TRACEPARENT: &str = crate::trace_context::TRACEPARENT;
 }
 
 /// Kafka header names. Every published event carries all of them.
@@ -35,6 +39,9 @@ pub mod header {
     pub const EVENT_VERSION: &str = "event_version";
     pub const OCCURRED_AT: &str = "occurred_at";
     pub const CONTENT_TYPE: &str = "content-type";
+    /// W3C `traceparent` of the publishing span. Optional: not part of
+    /// [`super::EventHeaders`], because an event without one is still valid.
+    pub const TRACEPARENT: &str = crate::trace_context::TRACEPARENT;
 }
 
 /// Topic that carries the events of `aggregate_type`, e.g. `events.order`.

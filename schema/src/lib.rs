@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod money;
 pub mod order;
 pub mod product;
+pub mod trace_context;
 pub mod upcast;
 pub mod views;
 

@@ -56,9 +56,15 @@ impl fmt::Display for Currency {
 }
 
 /// An amount in the currency's minor unit (cents for EUR/USD, yen for JPY).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Money {
+    /// Never negative: every command rejects a negative amount (422), and
+    /// every amount served is derived from accepted commands.
+    #[schema(minimum = 0, example = 1999)]
     pub amount_minor: i64,
+    /// ISO 4217 code: three ASCII upper-case letters; any other string is
+    /// refused when the JSON is read.
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: Currency,
 }
 

@@ -9,9 +9,11 @@ use crate::money::Money;
 pub const AGGREGATE_TYPE: &str = "Order";
 
 /// One line of an order: a product, how many, and the unit price agreed at the time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
     pub product_id: Uuid,
+    /// 1 to 10 000: command-service refuses any other quantity (422).
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: u32,
     pub unit_price: Money,
 }
@@ -29,8 +31,11 @@ impl OrderLine {
 /// version 2.
 ///
 /// Serialized in snake case: `"customer"`, `"merchant"`, `"system"`, `"unknown"`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
+#[schema(description = "Who called the order off; `unknown` when nobody said.")]
 pub enum CancelledBy {
     /// The customer who placed the order.
     Customer,

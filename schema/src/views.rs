@@ -66,7 +66,7 @@ pub struct Invalidations {
 }
 
 /// Lifecycle of an order as the read side reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Placed,
@@ -102,7 +102,8 @@ impl std::str::FromStr for OrderStatus {
 }
 
 /// One line of an [`OrderSummary`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(description = "One line of an order summary.")]
 pub struct OrderSummaryLine {
     pub product_id: Uuid,
     pub quantity: u32,
@@ -113,7 +114,7 @@ pub struct OrderSummaryLine {
 
 /// The denormalized view of one order. `version` is the sequence of the last
 /// order event folded into it; a newer document always has a higher version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderSummary {
     pub order_id: Uuid,
     pub customer_id: Uuid,

@@ -1,7 +1,9 @@
 //! Process plumbing shared by every service binary: tracing set-up, the
-//! shutdown signal, typed reading of environment variables, and Postgres pools.
+//! shutdown signal, typed reading of environment variables, Postgres pools,
+//! and circuit breakers (with their Prometheus metrics) around dependencies.
 
 pub mod backoff;
+pub mod breaker;
 pub mod config;
 pub mod postgres;
 pub mod shutdown;

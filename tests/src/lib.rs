@@ -40,6 +40,71 @@ pub struct Stack {
     pub dir: PathBuf,
 }
 
+/// The HS256 secret the test services verify tokens with (in-process
+/// services get it through [`auth_config`], spawned binaries through
+/// [`auth_env`]).
+pub const JWT_SECRET: &str = "e2e-test-secret-e2e-test-secret-0123456789";
+pub const JWT_ISSUER: &str = "e2e-tests";
+pub const JWT_AUDIENCE: &str = "cqrs-skeleton";
+
+/// The token settings every service of the test stack uses.
+pub fn auth_config() -> access_control::AuthConfig {
+    access_control::AuthConfig::hs256(JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE).expect("test secret")
+}
+
+/// The same settings as environment variables, for spawned service binaries.
+pub fn auth_env() -> [(&'static str, &'static str); 4] {
+    [
+        ("JWT_ALGORITHM", "HS256"),
+        ("JWT_SECRET", JWT_SECRET),
+        ("JWT_ISSUER", JWT_ISSUER),
+        ("JWT_AUDIENCE", JWT_AUDIENCE),
+    ]
+}
+
+/// A token for `subject` with `scopes`, limited to `customer` if given,
+/// valid for an hour.
+pub fn token(
+    subject: &str,
+    scopes: &[access_control::Scope],
+    customer: Option<uuid::Uuid>,
+) -> String {
+    access_control::issue_token(
+        &auth_config(),
+        &access_control::TokenRequest {
+            subject: subject.to_owned(),
+            scopes: scopes.to_vec(),
+            customer_id: customer,
+            ttl: Duration::from_secs(3600),
+        },
+    )
+    .expect("issue token")
+}
+
+/// A client whose requests carry a token with every scope (a trusted
+/// back-office caller), and a 10 s timeout; tests of auth itself build
+/// their own requests.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    use access_control::Scope;
+    let bearer = format!(
+        "Bearer {}",
+        token("e2e", &[Scope::Read, Scope::Write, Scope::Admin], None)
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&bearer).expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(10))
+}
+
+/// [`client_builder`], built.
+pub fn client() -> reqwest::Client {
+    client_builder().build().expect("reqwest client")
+}
+
 /// Relay delivery timeout of the test stack: short, so that fault tests see
 /// a stalled broker turn into failed batches quickly.
 pub const RELAY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -376,6 +441,7 @@ fn run_services(
                         poll_interval: Duration::from_millis(20),
                         lease_retry: Duration::from_millis(500),
                         delivery_timeout: RELAY_DELIVERY_TIMEOUT,
+                        breaker: command_service::config::RelayConfig::DEFAULT_BREAKER,
                     },
                 })
                 .await
@@ -456,6 +522,7 @@ impl CommandServiceProcess {
             .open(log_path)
             .expect("log file");
         let child = Command::new(workspace_binary("command-service"))
+            .envs(auth_env())
             .env("PRIMARY_DATABASE_URL", &stack.primary_url)
             .env("KAFKA_BROKERS", &stack.brokers)
             .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
@@ -496,6 +563,7 @@ pub fn projector_cli(args: &[&str], env: &[(&str, &str)]) -> String {
     let stack = STACK.get().expect("start the stack first");
     let output = Command::new(workspace_binary("projector"))
         .args(args)
+        .envs(auth_env())
         .env("PRIMARY_DATABASE_URL", &stack.primary_url)
         .env("REDIS_URL", &stack.redis_url)
         .env("PROJECTOR_GROUP_ID", "projector")
@@ -534,6 +602,7 @@ impl ProjectorProcess {
             .open(log_path)
             .expect("log file");
         let child = Command::new(workspace_binary("projector"))
+            .envs(auth_env())
             .env("PRIMARY_DATABASE_URL", &stack.primary_url)
             .env("REDIS_URL", &stack.redis_url)
             .env("KAFKA_BROKERS", &stack.brokers)

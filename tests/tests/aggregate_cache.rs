@@ -18,7 +18,7 @@ use sqlx::postgres::PgPoolOptions;
 async fn instances_taking_turns_decide_on_the_current_state() {
     let here = stack().command_url.clone();
     let other = CommandServiceProcess::spawn("cache-peer");
-    let client = reqwest::Client::new();
+    let client = e2e_tests::client();
     let urls = [here, format!("http://127.0.0.1:{}", other.port)];
     eventually(
         "the second instance is ready",

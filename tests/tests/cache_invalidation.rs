@@ -27,8 +27,7 @@ fn random(n: usize) -> usize {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+    e2e_tests::client_builder()
         .pool_max_idle_per_host(64)
         .build()
         .unwrap()

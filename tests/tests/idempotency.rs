@@ -46,7 +46,7 @@ fn product(sku: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_sent_three_times_with_two_in_flight_executes_once() {
-    let client = reqwest::Client::new();
+    let client = e2e_tests::client();
     let keys: Vec<String> = futures::stream::iter(0..COMMANDS)
         .map(|i| {
             let client = client.clone();
@@ -93,7 +93,7 @@ async fn every_command_sent_three_times_with_two_in_flight_executes_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_key_with_another_request_is_refused_and_an_expired_key_is_forgotten() {
-    let client = reqwest::Client::new();
+    let client = e2e_tests::client();
     let pool = PgPoolOptions::new()
         .connect(&stack().primary_url)
         .await

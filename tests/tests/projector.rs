@@ -132,7 +132,7 @@ async fn a_poison_event_parks_later_events_of_its_aggregate_while_others_flow() 
         letters[1]["id"].as_i64().unwrap(),
     );
 
-    let client = reqwest::Client::new();
+    let client = e2e_tests::client();
     // Skipping the letter behind would reorder the aggregate's events.
     let response = client
         .post(admin(&format!("/admin/dead-letters/{behind}/skip")))
@@ -254,10 +254,10 @@ async fn every_committed_batch_publishes_the_keys_it_changed() {
     let mut signals = pubsub.on_message();
 
     let created =
-        e2e_tests::create_product(&reqwest::Client::new(), &stack().command_url, "Signalled").await;
+        e2e_tests::create_product(&e2e_tests::client(), &stack().command_url, "Signalled").await;
     let product: Uuid = created["aggregate_id"].as_str().unwrap().parse().unwrap();
     let customer = Uuid::new_v4();
-    let placed: Value = reqwest::Client::new()
+    let placed: Value = e2e_tests::client()
         .post(format!("{}/orders", stack().command_url))
         .json(&json!({"customer_id": customer, "lines": [
             {"product_id": product, "quantity": 1, "unit_price": {"amount_minor": 100, "currency": "EUR"}}]}))
@@ -470,7 +470,7 @@ async fn lag() -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_per_partition_grows_while_the_projector_is_stuck_and_clears_after() {
     let pool = primary().await;
-    let client = reqwest::Client::new();
+    let client = e2e_tests::client();
     // Make sure every partition has been applied at least once, so the
     // gauges exist, then wait for them to read zero.
     for i in 0..8 {

@@ -263,10 +263,7 @@ async fn killed_and_starved_projectors_lose_and_double_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicUsize::new(0));
     let customers = Arc::new((0..50).map(|_| Uuid::new_v4()).collect::<Vec<_>>());
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = e2e_tests::client();
     let writers: Vec<_> = (0..WRITERS)
         .map(|_| {
             tokio::spawn(write(

@@ -17,12 +17,7 @@ static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CONSISTENCY: Duration = Duration::from_secs(30);
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
+use e2e_tests::client;
 
 /// A command's 202 body and consistency token.
 async fn command(path: &str, body: Value) -> (Value, String) {

@@ -99,7 +99,7 @@ async fn metric(name_and_labels: &str) -> Option<f64> {
 async fn a_rebuild_under_writes_equals_the_fold_and_readers_never_see_a_gap() {
     let _serial = SERIAL.lock().await;
     let pool = primary().await;
-    let client = reqwest::Client::new();
+    let client = e2e_tests::client();
     let mut orders = Vec::new();
     for _ in 0..100 {
         orders.push(confirmed_order(&client).await.unwrap());
@@ -206,7 +206,7 @@ async fn a_rebuild_under_writes_equals_the_fold_and_readers_never_see_a_gap() {
 async fn a_projection_added_later_is_filled_by_a_rebuild_then_goes_live() {
     let _serial = SERIAL.lock().await;
     let pool = primary().await;
-    let client = reqwest::Client::new();
+    let client = e2e_tests::client();
     // What a migration adding a new projection leaves: its (empty) table,
     // registered as 'building'.
     sqlx::query("UPDATE projections SET state = 'building' WHERE name = 'catalog'")

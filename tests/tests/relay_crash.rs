@@ -40,7 +40,7 @@ async fn killing_the_relay_200_times_loses_and_reorders_nothing() {
     let writer = {
         let done = done.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = e2e_tests::client();
             futures::stream::iter(0..PRODUCTS)
                 .for_each_concurrent(16, |n| {
                     let (client, done) = (client.clone(), done.clone());

@@ -47,7 +47,7 @@ async fn a_standby_takes_over_within_10s_of_the_leader_being_killed_and_nothing_
     let writer = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = e2e_tests::client();
             let mut accepted = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let response = client

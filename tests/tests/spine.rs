@@ -13,12 +13,7 @@ use uuid::Uuid;
 
 const CONSISTENCY: Duration = Duration::from_secs(30);
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
+use e2e_tests::client;
 
 /// POSTs a command and returns (status, body, headers).
 async fn command(path: &str, body: Value) -> (StatusCode, Value, reqwest::header::HeaderMap) {

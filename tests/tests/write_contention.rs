@@ -26,7 +26,7 @@ struct Outcomes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contended_writers_leave_contiguous_sequences_and_get_409_or_412() {
-    let client = reqwest::Client::builder()
+    let client = e2e_tests::client_builder()
         .pool_max_idle_per_host(WRITERS)
         .build()
         .unwrap();

@@ -10,6 +10,7 @@ use crate::conditional::{self, PRIVATE_REVALIDATE};
 use crate::consistency::Requirement;
 use crate::error::QueryError;
 use crate::metrics::Metrics;
+use crate::openapi::PROBLEM_JSON;
 use crate::params::{page_limit, paginate, Cursor, HistoryCursor, TimeRange};
 use crate::read_model::{self, OrderHistoryItem};
 use crate::reads;
@@ -22,27 +23,51 @@ pub const MAX_LIMIT: u32 = 1000;
 
 /// Query string. Timestamps are RFC 3339; a `+` in an offset must be
 /// percent-encoded (`%2B`), as in any query string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Start of the range, included (default: `to` minus 90 days).
+    #[param(value_type = DateTime<Utc>, required = false)]
     pub from: Option<DateTime<Utc>>,
+    /// End of the range, excluded (default: one day from now). After `from`,
+    /// at most 366 days later.
+    #[param(value_type = DateTime<Utc>, required = false)]
     pub to: Option<DateTime<Utc>>,
+    /// Page size (default 500).
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// The `next_after` of the previous page (opaque; see [`HistoryCursor`]).
+    // An opaque `HistoryCursor`.
+    /// The `next_after` of the previous page, passed as is (an opaque
+    /// cursor); anything else is 400.
+    #[param(
+        value_type = String,
+        required = false,
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[A-Za-z0-9_-]+$"
+    )]
     pub after: Option<String>,
 }
 
-/// Response body.
-#[derive(Debug, Serialize)]
+/// One page of a customer's order history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryResponse {
     pub customer_id: Uuid,
+    /// The range's start as used (the default filled in), included.
     pub from: DateTime<Utc>,
+    /// The range's end as used (the default filled in), excluded.
     pub to: DateTime<Utc>,
+    /// In `occurred_at`, `order_id`, `version` order.
+    #[schema(value_type = Vec<crate::openapi::OrderHistoryItem>)]
     pub items: Vec<OrderHistoryItem>,
     /// Pass as `after` (with the same `from` and `to`) to get the next page;
     /// `null` on the last page.
+    #[schema(required = true)]
     pub next_after: Option<String>,
 }
 
+/// Lists a customer's order history
+///
 /// Entries with `from <= occurred_at < to` that sort after the `after`
 /// cursor, ordered by occurred_at, order_id, version (keyset pagination). A
 /// customer without history (or unknown) gets an empty list: a customer id is
@@ -53,6 +78,31 @@ pub struct HistoryResponse {
 /// page. So a client paging with the default range (which moves with the
 /// clock) is never refused, only served the rows of the range it asked for
 /// now. Clients that want a stable walk pass explicit `from` and `to`.
+#[utoipa::path(
+    get,
+    path = "/customers/{id}/orders",
+    operation_id = "listCustomerOrders",
+    tag = "customers",
+    params(
+        ("id" = Uuid, Path, description = "The customer."),
+        HistoryQuery,
+        super::ListReadHeaders
+    ),
+    responses(
+        (status = 200, description = "One page of the history; an empty one for a customer \
+without orders in the range (or unknown).", body = HistoryResponse,
+            headers(("ETag"), ("Cache-Control"), ("x-read-source"))),
+        (status = 304, description = super::NOT_MODIFIED,
+            headers(("ETag"), ("Cache-Control"), ("x-read-source"))),
+        (status = 400, description = "An id that is not a UUID (`/problems/invalid-path`); \
+`from` or `to` not an RFC 3339 timestamp, or `limit` not an integer \
+(`/problems/invalid-query`); `from` not before `to` or more than 366 days apart \
+(`/problems/invalid-range`); `limit` outside 1 to 1000 or an `after` that is not a cursor \
+of this list (`/problems/invalid-query`); or a `consistency-token` that is not a token of \
+this system (`/problems/invalid-consistency-token`).", body = crate::openapi::Problem,
+            content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn list_orders(
     request: HttpRequest,
     path: web::Path<Uuid>,

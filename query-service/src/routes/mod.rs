@@ -21,8 +21,70 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/reports/daily-sales", reports::daily_sales))
         .service(get("/health/live", health::live))
         .service(get("/health/ready", health::ready))
-        .service(get("/metrics", crate::metrics::scrape));
+        .service(get("/metrics", crate::metrics::scrape))
+        .service(get("/openapi.json", crate::openapi::serve));
 }
+
+// Documentation shared by the `#[utoipa::path]` annotations of the handlers.
+// Each handler lists every status it can answer;
+// `crate::openapi::SecurityAddon` adds 401, 403, 429, 500 and 503.
+
+/// The request headers of a document read (`GET /orders/{id}`,
+/// `GET /products/{id}`), as documented: the handlers read them from the
+/// request. Never constructed.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct DocumentReadHeaders {
+    /// Entity tags of copies the client holds (or `*`): 304 without a body
+    /// when one matches the current `ETag` (weak comparison).
+    #[param(rename = "If-None-Match", value_type = String, required = false)]
+    pub if_none_match: Option<String>,
+    /// `no-cache` or `no-store` skips the server's caches: the document is read
+    /// from a database. Other directives are ignored.
+    #[param(rename = "Cache-Control", value_type = String, required = false)]
+    pub cache_control: Option<String>,
+    /// The token of a command's 202: answer only with data that reflects that
+    /// command, waiting up to `CONSISTENT_READ_TIMEOUT_MS` for it (then 503
+    /// `/problems/not-yet-consistent`). 400 if it is not a token of this
+    /// system.
+    #[param(
+        rename = "consistency-token",
+        value_type = String,
+        required = false,
+        pattern = r"^ct1\.[A-Za-z0-9_-]+$"
+    )]
+    pub consistency_token: Option<String>,
+}
+
+/// The request headers of a list or report read, as documented. Never
+/// constructed.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct ListReadHeaders {
+    /// Entity tags of copies the client holds (or `*`): 304 without a body
+    /// when one matches the current `ETag` (weak comparison).
+    #[param(rename = "If-None-Match", value_type = String, required = false)]
+    pub if_none_match: Option<String>,
+    /// The token of a command's 202: answer only from a database that
+    /// reflects that command, waiting up to `CONSISTENT_READ_TIMEOUT_MS` for
+    /// one (then 503 `/problems/not-yet-consistent`). 400 if it is not a
+    /// token of this system.
+    #[param(
+        rename = "consistency-token",
+        value_type = String,
+        required = false,
+        pattern = r"^ct1\.[A-Za-z0-9_-]+$"
+    )]
+    pub consistency_token: Option<String>,
+}
+
+/// 304 of every read.
+pub(crate) const NOT_MODIFIED: &str = "Not modified: `If-None-Match` matches the current \
+`ETag`. No body.";
+/// 400 of a document read.
+pub(crate) const BAD_DOCUMENT_READ: &str = "An id that is not a UUID \
+(`/problems/invalid-path`), or a `consistency-token` that is not a token of this system \
+(`/problems/invalid-consistency-token`).";
 
 /// A GET-only resource. Its default service answers other methods with a 405
 /// problem; without it actix would send an empty 405 body.

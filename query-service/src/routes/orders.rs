@@ -9,13 +9,34 @@ use crate::conditional::{self, PRIVATE_REVALIDATE};
 use crate::consistency::Aggregate;
 use crate::error::QueryError;
 use crate::metrics::Metrics;
+use crate::openapi::PROBLEM_JSON;
 use crate::read_model;
 use crate::reads::{self, DocumentRead};
 use crate::replicas::ReadRouter;
 
-/// The [`schema::views::OrderSummary`] of an order; 404 if it does not exist
-/// (yet). Honours `Cache-Control: no-cache`, `If-None-Match` and
-/// `consistency-token` (see [`reads::document`]).
+/// Reads an order
+///
+/// The summary of an order: its status, lines and total. 404 until the
+/// projector has seen the order. Served from the caches unless
+/// `Cache-Control: no-cache`; conditional with `If-None-Match`;
+/// read-your-writes with `consistency-token` (see `reads::document`).
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    operation_id = "getOrder",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "The order."), super::DocumentReadHeaders),
+    responses(
+        (status = 200, description = "The order summary.", body = schema::views::OrderSummary,
+            headers(("ETag"), ("Cache-Control"), ("x-read-source"))),
+        (status = 304, description = super::NOT_MODIFIED,
+            headers(("ETag"), ("Cache-Control"), ("x-read-source"))),
+        (status = 400, description = super::BAD_DOCUMENT_READ, body = crate::openapi::Problem,
+            content_type = PROBLEM_JSON),
+        (status = 404, description = "No order with this id in the read model (yet).",
+            body = crate::openapi::Problem, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn get_order(
     request: HttpRequest,
     path: web::Path<Uuid>,

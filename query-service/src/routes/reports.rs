@@ -10,6 +10,7 @@ use crate::conditional::{self, PRIVATE_REVALIDATE};
 use crate::consistency::Requirement;
 use crate::error::QueryError;
 use crate::metrics::Metrics;
+use crate::openapi::PROBLEM_JSON;
 use crate::params::{page_limit, paginate, Cursor, DailySalesCursor, DateRange};
 use crate::read_model::{self, DailySales};
 use crate::reads;
@@ -22,34 +23,81 @@ pub const MAX_LIMIT: u32 = 1000;
 
 /// Query string: `from` and `to` are required `YYYY-MM-DD` dates (UTC days),
 /// both included.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DailySalesQuery {
-    /// Optional so that a missing date is reported by name, as a range error.
+    // Optional in Rust so that a missing date is reported by name, as a
+    // range error; required for clients.
+    /// First UTC day of the report, included.
+    #[param(value_type = NaiveDate, required = true)]
     pub from: Option<NaiveDate>,
+    /// Last UTC day of the report, included: not before `from`, at most 366
+    /// days in all.
+    #[param(value_type = NaiveDate, required = true)]
     pub to: Option<NaiveDate>,
+    /// Only this product's rows.
+    #[param(value_type = Uuid, required = false)]
     pub product_id: Option<Uuid>,
+    /// Page size (default 500).
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// The `next_after` of the previous page (opaque; see
-    /// [`DailySalesCursor`]).
+    // An opaque `DailySalesCursor`.
+    /// The `next_after` of the previous page, passed as is (an opaque
+    /// cursor); anything else is 400.
+    #[param(
+        value_type = String,
+        required = false,
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[A-Za-z0-9_-]+$"
+    )]
     pub after: Option<String>,
 }
 
-/// Response body.
-#[derive(Debug, Serialize)]
+/// One page of the daily sales report.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DailySalesReport {
+    /// First day of the report, included.
     pub from: NaiveDate,
+    /// Last day of the report, included.
     pub to: NaiveDate,
+    /// In `day`, `product_id`, `currency` order.
+    #[schema(value_type = Vec<crate::openapi::DailySales>)]
     pub items: Vec<DailySales>,
     /// Pass as `after` (with the same `from`, `to` and `product_id`) to get
     /// the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_after: Option<String>,
 }
 
+/// Reports daily sales
+///
 /// Rows of the days `from..=to` (at most 366), optionally of one product,
 /// that sort after the `after` cursor, ordered by day, product_id, currency
-/// (keyset pagination), at most `limit` (default 500, larger requests are
-/// clamped to 1000). As with the order history, a cursor before `from`
-/// excludes nothing and one after `to` gives an empty last page.
+/// (keyset pagination), at most `limit` (default 500, at most 1000). Units
+/// and revenue are net of cancellations, so a day can be negative. As with
+/// the order history, a cursor before `from` excludes nothing and one after
+/// `to` gives an empty last page.
+#[utoipa::path(
+    get,
+    path = "/reports/daily-sales",
+    operation_id = "dailySales",
+    tag = "reports",
+    params(DailySalesQuery, super::ListReadHeaders),
+    responses(
+        (status = 200, description = "One page of the report.", body = DailySalesReport,
+            headers(("ETag"), ("Cache-Control"), ("x-read-source"))),
+        (status = 304, description = super::NOT_MODIFIED,
+            headers(("ETag"), ("Cache-Control"), ("x-read-source"))),
+        (status = 400, description = "`from` or `to` missing or not a `YYYY-MM-DD` date, \
+`product_id` not a UUID or `limit` not an integer (`/problems/invalid-query`); `from` after \
+`to` or more than 366 days (`/problems/invalid-range`); `limit` outside 1 to 1000 or an \
+`after` that is not a cursor of this report (`/problems/invalid-query`); or a \
+`consistency-token` that is not a token of this system \
+(`/problems/invalid-consistency-token`).", body = crate::openapi::Problem,
+            content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn daily_sales(
     request: HttpRequest,
     query: web::Query<DailySalesQuery>,

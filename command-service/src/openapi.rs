@@ -1,0 +1,812 @@
+//! The OpenAPI 3.1 document of command-service, generated from the code: the
+//! `#[utoipa::path]` annotations of the handlers in [`crate::http`], the
+//! request types there, the shared types of the `schema` crate, and the
+//! additions of [`SecurityAddon`] for what the protection layer answers.
+//!
+//! Served at `GET /openapi.json` and checked in as
+//! `docs/openapi/command-service.json`; the test
+//! `openapi::tests::checked_in_copy_is_current` fails when the two differ.
+//! Regenerate the checked-in copy with
+//! `UPDATE_OPENAPI=1 cargo test -p command-service --lib openapi`.
+//!
+//! A few types here are *mirrors*: documentation-only copies of types that
+//! live in files this module does not own ([`Accepted`] of
+//! [`crate::commands::Accepted`], [`Problem`] and [`FieldError`] of
+//! `problem_details`, [`RelayStatus`] of the `/health/relay` body). Each has
+//! a unit test that serializes the real value and compares its fields with
+//! the mirror's schema, so they cannot drift silently.
+
+use std::sync::LazyLock;
+
+use actix_web::HttpResponse;
+use utoipa::openapi::header::{Header, HeaderBuilder};
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
+use uuid::Uuid;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = problem_details::CONTENT_TYPE;
+
+/// Paths without authentication, rate limiting or load shedding: probes,
+/// metrics and this document. Every other path is an API operation.
+pub const PUBLIC_PATHS: [&str; 5] = [
+    "/health/live",
+    "/health/ready",
+    "/health/relay",
+    "/metrics",
+    "/openapi.json",
+];
+
+/// The scope a bearer token needs for every API operation of this service.
+pub const REQUIRED_SCOPE: &str = "write";
+
+/// Name of the security scheme in `components.securitySchemes`.
+pub const BEARER_AUTH: &str = "bearerAuth";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "command-service",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "The write side: validates commands against the `Product` and `Order` \
+aggregates, appends their events to Postgres and relays them to Kafka. A command is answered \
+`202 Accepted` as soon as its events are stored; read the result back from query-service \
+(`Location`), sending the `consistency-token` header to see your own write.\n\n\
+Errors are RFC 9457 problems (`application/problem+json`). Send `Idempotency-Key` to make a \
+retry safe and `If-Match` (a version from an earlier `ETag`) to act only on the state you saw. \
+Integers in bodies must be written as JSON integers: `1.0` or `1e3` is refused (400).",
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
+    ),
+    paths(
+        crate::http::create_product,
+        crate::http::rename_product,
+        crate::http::change_product_price,
+        crate::http::discontinue_product,
+        crate::http::place_order,
+        crate::http::add_order_line,
+        crate::http::remove_order_line,
+        crate::http::confirm_order,
+        crate::http::cancel_order,
+        crate::http::ship_order,
+        live,
+        ready,
+        relay_role,
+        metrics,
+        serve,
+    ),
+    components(schemas(
+        Accepted,
+        Problem,
+        FieldError,
+        RelayStatus,
+        crate::http::CreateProduct,
+        crate::http::RenameProduct,
+        crate::http::ChangeProductPrice,
+        crate::http::PlaceOrder,
+        crate::http::CancelOrder,
+        schema::money::Money,
+        schema::order::OrderLine,
+        schema::order::CancelledBy,
+    )),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "products", description = "Commands on the `Product` aggregate."),
+        (name = "orders", description = "Commands on the `Order` aggregate."),
+        (name = "operations", description = "Probes, metrics and this document: no authentication."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document, as served and checked in: pretty-printed with a trailing newline.
+pub fn document_json() -> &'static str {
+    static JSON: LazyLock<String> = LazyLock::new(|| {
+        // Serializing a tree of plain structs and maps cannot fail.
+        let mut json = ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        json.push('\n');
+        json
+    });
+    &JSON
+}
+
+/// This OpenAPI document
+///
+/// The same JSON as `docs/openapi/command-service.json` in the repository.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this service.",
+        body = serde_json::Value, content_type = "application/json"))
+)]
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document_json())
+}
+
+// Documentation of the routes whose handlers live in `startup.rs` and
+// `metrics.rs`; these functions are never called.
+
+/// Liveness probe
+///
+/// 200 as long as the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    operation_id = "live",
+    tag = "operations",
+    responses((status = 200, description = "Alive. Empty body."))
+)]
+#[allow(dead_code)]
+fn live() {}
+
+/// Readiness probe
+///
+/// Ready when the primary database answers.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    operation_id = "ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: the primary database answers. Empty body."),
+        (status = 503, description = "The primary database does not answer.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After"))),
+    )
+)]
+#[allow(dead_code)]
+fn ready() {}
+
+/// Outbox relay role
+///
+/// Which instance relays committed events to Kafka.
+#[utoipa::path(
+    get,
+    path = "/health/relay",
+    operation_id = "relayRole",
+    tag = "operations",
+    responses((status = 200, description = "This instance's relay role.", body = RelayStatus))
+)]
+#[allow(dead_code)]
+fn relay_role() {}
+
+/// Prometheus metrics
+///
+/// The Prometheus text exposition format (`text/plain; version=0.0.4`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric of this instance.", body = String,
+            content_type = "text/plain"),
+        (status = 500, description = "The metrics could not be encoded."),
+    )
+)]
+#[allow(dead_code)]
+fn metrics() {}
+
+// Mirror of `crate::commands::Accepted`.
+/// What a successful command appended.
+#[derive(ToSchema)]
+pub struct Accepted {
+    #[schema(inline)]
+    pub aggregate_type: AggregateType,
+    pub aggregate_id: Uuid,
+    /// The aggregate's version after the command: the number of its events.
+    /// Send it as `If-Match` to make the next command conditional.
+    #[schema(minimum = 1)]
+    pub version: i64,
+    /// Global position of the command's last event in the event store.
+    #[schema(minimum = 1)]
+    pub position: i64,
+    /// Opaque; send it as the `consistency-token` header of a read to see
+    /// this write (same value as the response header).
+    #[schema(pattern = r"^ct1\.[A-Za-z0-9_-]+$")]
+    pub consistency_token: String,
+}
+
+/// The aggregate a command acted on.
+#[derive(ToSchema)]
+pub enum AggregateType {
+    Product,
+    Order,
+}
+
+// Mirror of `problem_details::Problem`.
+/// An RFC 9457 problem. It may carry further extension members, e.g.
+/// `retryable: true` on `/problems/concurrent-write`.
+#[derive(ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the problem type; `about:blank` when the
+    /// status says it all.
+    #[schema(
+        rename = "type",
+        format = "uri-reference",
+        example = "/problems/validation"
+    )]
+    pub type_uri: String,
+    /// Short summary of the problem type (the reason phrase for `about:blank`).
+    pub title: String,
+    /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request.
+    #[schema(required = false)]
+    pub detail: String,
+    /// Invalid fields of the request, when the problem is about fields.
+    #[schema(required = false)]
+    pub errors: Vec<FieldError>,
+}
+
+// Mirror of `problem_details::FieldError`.
+/// One invalid field of a request.
+#[derive(ToSchema)]
+pub struct FieldError {
+    /// Path of the field in the request body, e.g. `lines[0].quantity`.
+    pub field: String,
+    pub detail: String,
+}
+
+// Mirror of the `{"role": ...}` JSON of `startup::relay_role`.
+/// Which instance relays committed events to Kafka.
+#[derive(ToSchema)]
+pub struct RelayStatus {
+    // No doc comment here: utoipa would wrap the inlined enum in an `allOf`.
+    #[schema(inline)]
+    pub role: RelayRole,
+}
+
+// Mirror of `crate::relay::RelayRole`.
+/// `leader`: this instance relays; `standby`: another one holds the lease;
+/// `disabled`: not configured to relay.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum RelayRole {
+    Disabled,
+    Standby,
+    Leader,
+}
+
+/// Adds what the protection layer (bearer authentication, rate limiting,
+/// load shedding, deadlines) answers on every API operation, the shared
+/// server-error responses, and one definition of every response header.
+///
+/// Every operation whose path is not in [`PUBLIC_PATHS`] gets
+/// `security: [{bearerAuth: [write]}]` and the responses 401, 403, 429, 500
+/// and 503 (the latter two are also what the handlers answer when the event
+/// store fails). A response header named in a `#[utoipa::path]` annotation
+/// is replaced by a reference to its definition in `components.headers`.
+pub struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.security_schemes.insert(
+            BEARER_AUTH.to_owned(),
+            RefOr::T(SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(format!(
+                        "A JWT whose `scope` claim includes `{REQUIRED_SCOPE}`. Without a valid \
+                         token the answer is 401, without the scope 403."
+                    )))
+                    .build(),
+            )),
+        );
+        for (name, header) in headers() {
+            components.headers.insert(name.to_owned(), RefOr::T(header));
+        }
+        for (name, response) in shared_responses() {
+            components
+                .responses
+                .insert(name.to_owned(), RefOr::T(response));
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = PUBLIC_PATHS.contains(&path.as_str());
+            for operation in operations_mut(item) {
+                if !public {
+                    protect(operation);
+                }
+                for response in operation.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        link_headers(response);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every operation of a path item.
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+fn protect(operation: &mut Operation) {
+    operation.security = Some(vec![SecurityRequirement::new(
+        BEARER_AUTH,
+        [REQUIRED_SCOPE],
+    )]);
+    for (status, name) in [
+        ("401", "Unauthorized"),
+        ("403", "Forbidden"),
+        ("429", "TooManyRequests"),
+        ("500", "InternalServerError"),
+        ("503", "ServiceUnavailable"),
+    ] {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+    }
+}
+
+/// Replaces each header of `response` by a reference to its definition.
+fn link_headers(response: &mut Response) {
+    for (name, header) in response.headers.iter_mut() {
+        *header = RefOr::Ref(Ref::new(format!("#/components/headers/{name}")));
+    }
+}
+
+/// One response header: always sent with the responses that list it.
+fn header(description: &str, schema: ObjectBuilder) -> Header {
+    let mut header = HeaderBuilder::new()
+        .description(Some(description))
+        .schema(Some(schema.build()))
+        .build();
+    // utoipa's `Header` has no `required` field, OpenAPI 3.1's Header Object has.
+    header
+        .extensions
+        .get_or_insert_with(Default::default)
+        .insert("required".to_owned(), true.into());
+    header
+}
+
+fn string(pattern: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+}
+
+/// Every response header this service (or its protection layer) sends.
+fn headers() -> Vec<(&'static str, Header)> {
+    vec![
+        (
+            "Location",
+            header(
+                "Where the aggregate can be read: `{QUERY_PUBLIC_URL}/products/{id}` or \
+                 `{QUERY_PUBLIC_URL}/orders/{id}` on query-service.",
+                ObjectBuilder::new().schema_type(Type::String).format(Some(
+                    utoipa::openapi::SchemaFormat::Custom("uri-reference".to_owned()),
+                )),
+            ),
+        ),
+        (
+            "ETag",
+            header(
+                "The aggregate's version after the command, as a strong entity tag. \
+                 Send it back as `If-Match` (with or without the quotes).",
+                string(r#"^"[0-9]+"$"#),
+            ),
+        ),
+        (
+            schema::consistency::HEADER,
+            header(
+                "Opaque token naming this write; send it as the `consistency-token` \
+                 request header of a query-service read to see it.",
+                string(r"^ct1\.[A-Za-z0-9_-]+$"),
+            ),
+        ),
+        (
+            "Retry-After",
+            header("Seconds to wait before retrying.", string("^[0-9]+$")),
+        ),
+        (
+            "WWW-Authenticate",
+            header(
+                "The bearer challenge (RFC 6750), e.g. `Bearer error=\"invalid_token\"` or \
+                 `Bearer error=\"insufficient_scope\", scope=\"write\"`.",
+                string("^Bearer"),
+            ),
+        ),
+        (
+            "RateLimit",
+            header(
+                "What is left of the quota (draft-ietf-httpapi-ratelimit-headers): \
+                 `\"<class>\";r=<remaining>;t=<seconds until the full burst is back>`.",
+                string(r#"^"[^"]+";r=[0-9]+;t=[0-9]+$"#),
+            ),
+        ),
+        (
+            "RateLimit-Policy",
+            header(
+                "The quota (draft-ietf-httpapi-ratelimit-headers): \
+                 `\"<class>\";q=<burst>;w=<window seconds>`.",
+                string(r#"^"[^"]+";q=[0-9]+;w=[0-9]+$"#),
+            ),
+        ),
+    ]
+}
+
+fn problem(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        PROBLEM_JSON,
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("Problem")))
+            .build(),
+    )
+}
+
+fn header_ref(name: &str) -> Ref {
+    Ref::new(format!("#/components/headers/{name}"))
+}
+
+/// The responses every API operation shares.
+fn shared_responses() -> Vec<(&'static str, Response)> {
+    vec![
+        (
+            "Unauthorized",
+            problem(
+                "No bearer token, or one that is malformed, expired, not yet valid or not \
+                 signed by a trusted key.",
+            )
+            .header_ref("WWW-Authenticate", header_ref("WWW-Authenticate"))
+            .build(),
+        ),
+        (
+            "Forbidden",
+            problem(&format!(
+                "The token is valid but lacks the `{REQUIRED_SCOPE}` scope."
+            ))
+            .header_ref("WWW-Authenticate", header_ref("WWW-Authenticate"))
+            .build(),
+        ),
+        (
+            "TooManyRequests",
+            problem("The client's rate limit is exhausted (`/problems/rate-limited`).")
+                .header_ref("Retry-After", header_ref("Retry-After"))
+                .header_ref("RateLimit", header_ref("RateLimit"))
+                .header_ref("RateLimit-Policy", header_ref("RateLimit-Policy"))
+                .build(),
+        ),
+        (
+            "InternalServerError",
+            problem("An unexpected failure of the event store or a bug; the problem says no more.")
+                .build(),
+        ),
+        (
+            "ServiceUnavailable",
+            problem(
+                "Try again later: the event store is unavailable, or the protection layer \
+                 refused the request (`/problems/overloaded`, `/problems/deadline-exceeded`, \
+                 `/problems/rate-limiter-unavailable`). A command abandoned at its deadline \
+                 may still have been committed: retry it with the same `Idempotency-Key`.",
+            )
+            .header_ref("Retry-After", header_ref("Retry-After"))
+            .build(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use actix_web::test::{call_service, init_service, read_body, TestRequest};
+    use actix_web::{web, App};
+    use serde_json::Value;
+
+    use super::*;
+
+    fn generated() -> Value {
+        serde_json::from_str(document_json()).expect("the document is JSON")
+    }
+
+    /// Where the checked-in copy lives, relative to the workspace.
+    const CHECKED_IN: &str = "docs/openapi/command-service.json";
+
+    fn checked_in_path() -> PathBuf {
+        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        crate_dir.parent().unwrap_or(crate_dir).join(CHECKED_IN)
+    }
+
+    #[test]
+    fn checked_in_copy_is_current() {
+        let path = checked_in_path();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, document_json()).expect("write the checked-in copy");
+            return;
+        }
+        let checked_in: Option<Value> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        assert!(
+            checked_in == Some(generated()),
+            "{} is not what the code generates. If the API change is intended, regenerate it \
+             with `UPDATE_OPENAPI=1 cargo test -p command-service --lib openapi` and commit it.",
+            path.display()
+        );
+    }
+
+    #[actix_web::test]
+    async fn serves_the_generated_document_as_json() {
+        let app = init_service(App::new().route("/openapi.json", web::get().to(serve))).await;
+        let response =
+            call_service(&app, TestRequest::get().uri("/openapi.json").to_request()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers().get("content-type").map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let body = read_body(response).await;
+        assert_eq!(body, document_json().as_bytes());
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).ok(),
+            Some(generated())
+        );
+    }
+
+    /// Every operation in the document, as (path, method, operation).
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut found = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                found.push((path.clone(), method.clone(), operation.clone()));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_route_is_documented_once_with_an_id_and_summary() {
+        let doc = generated();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let routes: BTreeSet<(String, String)> = operations(&doc)
+            .into_iter()
+            .map(|(path, method, _)| (path, method))
+            .collect();
+        let expected: BTreeSet<(String, String)> = [
+            ("/products", "post"),
+            ("/products/{id}/rename", "post"),
+            ("/products/{id}/change-price", "post"),
+            ("/products/{id}/discontinue", "post"),
+            ("/orders", "post"),
+            ("/orders/{id}/lines", "post"),
+            ("/orders/{id}/lines/{product_id}", "delete"),
+            ("/orders/{id}/confirm", "post"),
+            ("/orders/{id}/cancel", "post"),
+            ("/orders/{id}/ship", "post"),
+            ("/health/live", "get"),
+            ("/health/ready", "get"),
+            ("/health/relay", "get"),
+            ("/metrics", "get"),
+            ("/openapi.json", "get"),
+        ]
+        .into_iter()
+        .map(|(p, m)| (p.to_owned(), m.to_owned()))
+        .collect();
+        assert_eq!(routes, expected);
+        let mut ids = BTreeSet::new();
+        for (path, method, operation) in operations(&doc) {
+            let id = operation["operationId"].as_str().expect("operationId");
+            assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
+            assert!(
+                operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{method} {path} has no summary"
+            );
+        }
+    }
+
+    #[test]
+    fn api_operations_are_protected_and_public_ones_are_not() {
+        let doc = generated();
+        for (path, method, operation) in operations(&doc) {
+            let public = PUBLIC_PATHS.contains(&path.as_str());
+            if public {
+                assert!(operation.get("security").is_none(), "{method} {path}");
+                assert!(
+                    operation["responses"].get("401").is_none(),
+                    "{method} {path}"
+                );
+                continue;
+            }
+            assert_eq!(
+                operation["security"],
+                serde_json::json!([{ "bearerAuth": ["write"] }]),
+                "{method} {path}"
+            );
+            for status in ["202", "400", "401", "403", "422", "429", "500", "503"] {
+                assert!(
+                    operation["responses"].get(status).is_some(),
+                    "{method} {path} lacks {status}"
+                );
+            }
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearerAuth"],
+            serde_json::json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"]})
+        );
+    }
+
+    /// Every `$ref` in `value`.
+    fn refs(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", Value::String(target)) => found.push(target.clone()),
+                        _ => refs(value, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves_and_every_header_is_defined_once() {
+        let doc = generated();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for target in found {
+            let pointer = target.strip_prefix('#').expect("local reference");
+            assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+        }
+        // Headers are only ever references to `components.headers`.
+        for (path, method, operation) in operations(&doc) {
+            for (status, response) in operation["responses"].as_object().expect("responses") {
+                for (name, header) in response["headers"].as_object().into_iter().flatten() {
+                    assert_eq!(
+                        header["$ref"],
+                        format!("#/components/headers/{name}"),
+                        "{method} {path} {status} {name}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn command_bodies_refuse_unknown_fields_and_carry_the_domain_limits() {
+        use crate::domain::order::{MAX_LINES, MAX_QUANTITY, MAX_REASON_LEN};
+        use crate::domain::product::{MAX_NAME_LEN, MAX_SKU_LEN};
+
+        let doc = generated();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "CreateProduct",
+            "RenameProduct",
+            "ChangeProductPrice",
+            "PlaceOrder",
+            "CancelOrder",
+        ] {
+            assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+        }
+        assert_eq!(
+            schemas["CreateProduct"]["properties"]["sku"]["maxLength"],
+            MAX_SKU_LEN
+        );
+        for name in ["CreateProduct", "RenameProduct"] {
+            assert_eq!(
+                schemas[name]["properties"]["name"]["maxLength"], MAX_NAME_LEN,
+                "{name}"
+            );
+        }
+        assert_eq!(
+            schemas["PlaceOrder"]["properties"]["lines"]["maxItems"],
+            MAX_LINES
+        );
+        assert_eq!(
+            schemas["CancelOrder"]["properties"]["reason"]["maxLength"],
+            MAX_REASON_LEN
+        );
+        assert_eq!(
+            schemas["OrderLine"]["properties"]["quantity"]["maximum"],
+            MAX_QUANTITY
+        );
+        assert_eq!(schemas["Money"]["properties"]["amount_minor"]["minimum"], 0);
+    }
+
+    /// The property names of a component schema.
+    fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
+        doc["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{schema} has properties"))
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn keys(value: &Value) -> BTreeSet<String> {
+        value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn accepted_mirror_matches_the_real_type() {
+        let doc = generated();
+        let schema = &doc["components"]["schemas"]["Accepted"];
+        for (aggregate_type, version) in [
+            (schema::product::AGGREGATE_TYPE, 1),
+            (schema::order::AGGREGATE_TYPE, 7),
+        ] {
+            let real = crate::commands::Accepted::new(aggregate_type, Uuid::nil(), version, 42);
+            let json = serde_json::to_value(&real).expect("json");
+            assert_eq!(keys(&json), properties(&doc, "Accepted"));
+            let required: BTreeSet<String> =
+                serde_json::from_value(schema["required"].clone()).expect("required");
+            assert_eq!(required, keys(&json));
+            let types = schema["properties"]["aggregate_type"]["enum"]
+                .as_array()
+                .expect("enum");
+            assert!(types.contains(&json["aggregate_type"]), "{json}");
+        }
+    }
+
+    #[test]
+    fn problem_mirror_matches_the_real_type() {
+        let doc = generated();
+        let real = problem_details::Problem::typed(
+            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/validation",
+            "Invalid command",
+        )
+        .with_detail("sku must not be blank")
+        .with_field_errors(vec![problem_details::FieldError {
+            field: "sku".to_owned(),
+            detail: "must not be blank".to_owned(),
+        }]);
+        let json = serde_json::to_value(&real).expect("json");
+        assert_eq!(keys(&json), properties(&doc, "Problem"));
+        assert_eq!(keys(&json["errors"][0]), properties(&doc, "FieldError"));
+        let required: BTreeSet<String> =
+            serde_json::from_value(doc["components"]["schemas"]["Problem"]["required"].clone())
+                .expect("required");
+        let minimal = serde_json::to_value(problem_details::Problem::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+        ))
+        .expect("json");
+        assert_eq!(required, keys(&minimal));
+    }
+
+    #[test]
+    fn relay_status_mirror_matches_the_real_role() {
+        use crate::relay::RelayRole as Real;
+
+        let doc = generated();
+        let schema = &doc["components"]["schemas"]["RelayStatus"]["properties"]["role"];
+        let documented: BTreeSet<String> =
+            serde_json::from_value(schema["enum"].clone()).expect("enum");
+        let real: BTreeSet<String> = [Real::Disabled, Real::Standby, Real::Leader]
+            .into_iter()
+            .map(|role| serde_json::to_value(role).expect("json"))
+            .map(|value| value.as_str().expect("a string").to_owned())
+            .collect();
+        assert_eq!(documented, real);
+    }
+}

@@ -1,0 +1,879 @@
+//! The OpenAPI 3.1 document of query-service, generated from the code: the
+//! `#[utoipa::path]` annotations of the handlers in [`crate::routes`], the
+//! response types there and in the `schema` crate, and the additions of
+//! [`SecurityAddon`] for what the protection layer answers.
+//!
+//! Served at `GET /openapi.json` and checked in as
+//! `docs/openapi/query-service.json`; the test
+//! `openapi::tests::checked_in_copy_is_current` fails when the two differ.
+//! Regenerate the checked-in copy with
+//! `UPDATE_OPENAPI=1 cargo test -p query-service --lib openapi`.
+//!
+//! A few types here are *mirrors*: documentation-only copies of types that
+//! live in files this module does not own ([`Product`], [`OrderHistoryItem`]
+//! and [`DailySales`] of [`crate::read_model`], [`Problem`] and
+//! [`FieldError`] of `problem_details`) or of bodies built with `json!`
+//! ([`Liveness`], [`Readiness`], [`DatabaseHealth`], [`NotReady`] of
+//! [`crate::routes::health`]). Unit tests serialize real values and compare
+//! their fields with the mirrors' schemas, so they cannot drift silently.
+
+use std::sync::LazyLock;
+
+use actix_web::HttpResponse;
+use chrono::{DateTime, NaiveDate, Utc};
+use utoipa::openapi::header::{Header, HeaderBuilder};
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::conditional::{PRIVATE_REVALIDATE, PUBLIC_SHORT, READ_SOURCE_HEADER};
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = problem_details::CONTENT_TYPE;
+
+/// Paths without authentication, rate limiting or load shedding: probes,
+/// metrics and this document. Every other path is an API operation.
+pub const PUBLIC_PATHS: [&str; 4] = ["/health/live", "/health/ready", "/metrics", "/openapi.json"];
+
+/// The scope a bearer token needs for every API operation of this service.
+pub const REQUIRED_SCOPE: &str = "read";
+
+/// Name of the security scheme in `components.securitySchemes`.
+pub const BEARER_AUTH: &str = "bearerAuth";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "query-service",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "The read side: order summaries, customer order histories, the product \
+catalog and daily sales, served from Postgres read replicas behind two cache tiers. Data is \
+eventually consistent with command-service; send a command's `consistency-token` to read \
+your own write.\n\n\
+Every `200` carries an `ETag` (send it as `If-None-Match` for a `304`), the `Cache-Control` \
+policy of its resource and `x-read-source`, where the body came from. Errors are RFC 9457 \
+problems (`application/problem+json`).",
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
+    ),
+    paths(
+        crate::routes::orders::get_order,
+        crate::routes::customers::list_orders,
+        crate::routes::products::list_products,
+        crate::routes::products::get_product,
+        crate::routes::reports::daily_sales,
+        crate::routes::health::live,
+        crate::routes::health::ready,
+        metrics,
+        serve,
+    ),
+    components(schemas(
+        Problem,
+        FieldError,
+        Product,
+        OrderHistoryItem,
+        DailySales,
+        Liveness,
+        Readiness,
+        DatabaseHealth,
+        NotReady,
+        crate::routes::products::ProductPage,
+        crate::routes::customers::HistoryResponse,
+        crate::routes::reports::DailySalesReport,
+        schema::views::OrderSummary,
+        schema::views::OrderSummaryLine,
+        schema::views::OrderStatus,
+        schema::money::Money,
+    )),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "orders", description = "Order summaries."),
+        (name = "customers", description = "Customers' order histories."),
+        (name = "products", description = "The product catalog."),
+        (name = "reports", description = "Sales reports."),
+        (name = "operations", description = "Probes, metrics and this document: no authentication."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document, as served and checked in: pretty-printed with a trailing newline.
+pub fn document_json() -> &'static str {
+    static JSON: LazyLock<String> = LazyLock::new(|| {
+        // Serializing a tree of plain structs and maps cannot fail.
+        let mut json = ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        json.push('\n');
+        json
+    });
+    &JSON
+}
+
+/// This OpenAPI document
+///
+/// The same JSON as `docs/openapi/query-service.json` in the repository.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this service.",
+        body = serde_json::Value, content_type = "application/json"))
+)]
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document_json())
+}
+
+// Documentation of the route whose handler lives in `metrics.rs`; never called.
+
+/// Prometheus metrics
+///
+/// The Prometheus text exposition format (`text/plain; version=0.0.4`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric of this instance.", body = String,
+            content_type = "text/plain"),
+        (status = 500, description = "The metrics could not be encoded. Empty body."),
+    )
+)]
+#[allow(dead_code)]
+fn metrics() {}
+
+// Mirror of `crate::read_model::Product`.
+/// A product of the catalog.
+#[derive(ToSchema)]
+pub struct Product {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub price: schema::money::Money,
+    /// Taken off sale for good.
+    pub discontinued: bool,
+    /// The number of the product's events folded in; the `ETag` is `"v{version}"`.
+    #[schema(minimum = 1)]
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+// Mirror of `crate::read_model::OrderHistoryItem`.
+/// One entry of a customer's order history: an event of one of their orders.
+#[derive(ToSchema)]
+pub struct OrderHistoryItem {
+    pub occurred_at: DateTime<Utc>,
+    pub order_id: Uuid,
+    /// Version of the order this event produced.
+    #[schema(minimum = 1)]
+    pub version: i64,
+    /// The event kind, as the projector recorded it (e.g. `OrderPlaced`).
+    pub kind: String,
+    /// The order total after this event.
+    pub amount: schema::money::Money,
+}
+
+// Mirror of `crate::read_model::DailySales`.
+/// Units and revenue of one product on one UTC day, in one currency. Both are
+/// net of cancellations booked that day, so they can be negative.
+#[derive(ToSchema)]
+pub struct DailySales {
+    pub day: NaiveDate,
+    pub product_id: Uuid,
+    /// ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    pub units: i64,
+    /// Revenue in the currency's minor unit.
+    pub revenue_minor: i64,
+}
+
+// Mirror of `crate::routes::health::live`'s JSON.
+/// The process serves HTTP.
+#[derive(ToSchema)]
+pub struct Liveness {
+    #[schema(pattern = "^ok$")]
+    pub status: String,
+}
+
+// Mirror of the 200 JSON of `crate::routes::health::ready`.
+/// A read would find a database now.
+#[derive(ToSchema)]
+pub struct Readiness {
+    #[schema(pattern = "^ready$")]
+    pub status: String,
+    /// What the monitor knows of each database, replicas first.
+    pub databases: Vec<DatabaseHealth>,
+    /// Whether the Redis invalidation feed is connected (not a readiness
+    /// condition: without it the caches expire by time only).
+    pub invalidation_feed_up: bool,
+}
+
+// Mirror of the entries of `databases` in `crate::routes::health::ready`.
+/// One database as the health monitor last saw it.
+#[derive(ToSchema)]
+pub struct DatabaseHealth {
+    /// `replica-1`, `replica-2`, ... or `primary`.
+    #[schema(pattern = "^(primary|replica-[0-9]+)$")]
+    pub name: String,
+    /// The last check (or read) succeeded.
+    pub healthy: bool,
+    /// Replication lag in milliseconds; `null` until measured.
+    #[schema(minimum = 0, required = true)]
+    pub lag_ms: Option<u64>,
+    /// Projector messages the primary is ahead of this database; `null`
+    /// until measured.
+    #[schema(minimum = 0, required = true)]
+    pub checkpoint_lag: Option<i64>,
+}
+
+// Mirror of the 503 problem of `crate::routes::health::ready`.
+/// The `/problems/not-ready` problem: no read database qualifies.
+#[derive(ToSchema)]
+pub struct NotReady {
+    #[schema(rename = "type", format = "uri-reference")]
+    pub type_uri: String,
+    pub title: String,
+    #[schema(minimum = 503, maximum = 503)]
+    pub status: u16,
+    pub detail: String,
+    /// What the monitor knows of each database, replicas first.
+    pub databases: Vec<DatabaseHealth>,
+}
+
+// Mirror of `problem_details::Problem`.
+/// An RFC 9457 problem. It may carry further extension members.
+#[derive(ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the problem type; `about:blank` when the
+    /// status says it all.
+    #[schema(
+        rename = "type",
+        format = "uri-reference",
+        example = "/problems/invalid-query"
+    )]
+    pub type_uri: String,
+    /// Short summary of the problem type (the reason phrase for `about:blank`).
+    pub title: String,
+    /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request.
+    #[schema(required = false)]
+    pub detail: String,
+    /// Invalid fields of the request, when the problem is about fields.
+    #[schema(required = false)]
+    pub errors: Vec<FieldError>,
+}
+
+// Mirror of `problem_details::FieldError`.
+/// One invalid field of a request.
+#[derive(ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub detail: String,
+}
+
+/// Adds what the protection layer (bearer authentication, rate limiting,
+/// load shedding, deadlines) answers on every API operation, the shared
+/// server-error responses, and one definition of every response header.
+///
+/// Every operation whose path is not in [`PUBLIC_PATHS`] gets
+/// `security: [{bearerAuth: [read]}]` and the responses 401, 403, 429, 500
+/// and 503 (the latter two are also what the handlers answer when the read
+/// databases fail). A response header named in a `#[utoipa::path]`
+/// annotation is replaced by a reference to its definition in
+/// `components.headers`.
+pub struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.security_schemes.insert(
+            BEARER_AUTH.to_owned(),
+            RefOr::T(SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(format!(
+                        "A JWT whose `scope` claim includes `{REQUIRED_SCOPE}`. Without a valid \
+                         token the answer is 401, without the scope 403."
+                    )))
+                    .build(),
+            )),
+        );
+        for (name, header) in headers() {
+            components.headers.insert(name.to_owned(), RefOr::T(header));
+        }
+        for (name, response) in shared_responses() {
+            components
+                .responses
+                .insert(name.to_owned(), RefOr::T(response));
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = PUBLIC_PATHS.contains(&path.as_str());
+            for operation in operations_mut(item) {
+                if !public {
+                    protect(operation);
+                }
+                for response in operation.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        link_headers(response);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every operation of a path item.
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+fn protect(operation: &mut Operation) {
+    operation.security = Some(vec![SecurityRequirement::new(
+        BEARER_AUTH,
+        [REQUIRED_SCOPE],
+    )]);
+    for (status, name) in [
+        ("401", "Unauthorized"),
+        ("403", "Forbidden"),
+        ("429", "TooManyRequests"),
+        ("500", "InternalServerError"),
+        ("503", "ServiceUnavailable"),
+    ] {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+    }
+}
+
+/// Replaces each header of `response` by a reference to its definition.
+fn link_headers(response: &mut Response) {
+    for (name, header) in response.headers.iter_mut() {
+        *header = RefOr::Ref(header_ref(name));
+    }
+}
+
+fn header_ref(name: &str) -> Ref {
+    Ref::new(format!("#/components/headers/{name}"))
+}
+
+/// One response header: always sent with the responses that list it.
+fn header(description: &str, schema: ObjectBuilder) -> Header {
+    let mut header = HeaderBuilder::new()
+        .description(Some(description))
+        .schema(Some(schema.build()))
+        .build();
+    // utoipa's `Header` has no `required` field, OpenAPI 3.1's Header Object has.
+    header
+        .extensions
+        .get_or_insert_with(Default::default)
+        .insert("required".to_owned(), true.into());
+    header
+}
+
+fn string(pattern: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+}
+
+/// Every response header this service (or its protection layer) sends.
+fn headers() -> Vec<(&'static str, Header)> {
+    vec![
+        (
+            "ETag",
+            header(
+                "Validator of the body: `\"v{version}\"` (strong) for an order or a product, \
+                 `W/\"{hash}\"` (weak) for a list or report. Send it as `If-None-Match`.",
+                string(r#"^("v[0-9]+"|W/"[0-9a-f]{24}")$"#),
+            ),
+        ),
+        (
+            "Cache-Control",
+            header(
+                "`private, no-cache` for orders, histories and reports (any cache must \
+                 revalidate, which is a cheap 304); `public, max-age=5` for the catalog.",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([PRIVATE_REVALIDATE, PUBLIC_SHORT])),
+            ),
+        ),
+        (
+            READ_SOURCE_HEADER,
+            header(
+                "Where the body came from: `local` or `redis` (a cache tier), `replica-N` or \
+                 `primary` (a database).",
+                string("^(local|redis|primary|replica-[0-9]+)$"),
+            ),
+        ),
+        (
+            "Retry-After",
+            header("Seconds to wait before retrying.", string("^[0-9]+$")),
+        ),
+        (
+            "WWW-Authenticate",
+            header(
+                "The bearer challenge (RFC 6750), e.g. `Bearer error=\"invalid_token\"` or \
+                 `Bearer error=\"insufficient_scope\", scope=\"read\"`.",
+                string("^Bearer"),
+            ),
+        ),
+        (
+            "RateLimit",
+            header(
+                "What is left of the quota (draft-ietf-httpapi-ratelimit-headers): \
+                 `\"<class>\";r=<remaining>;t=<seconds until the full burst is back>`.",
+                string(r#"^"[^"]+";r=[0-9]+;t=[0-9]+$"#),
+            ),
+        ),
+        (
+            "RateLimit-Policy",
+            header(
+                "The quota (draft-ietf-httpapi-ratelimit-headers): \
+                 `\"<class>\";q=<burst>;w=<window seconds>`.",
+                string(r#"^"[^"]+";q=[0-9]+;w=[0-9]+$"#),
+            ),
+        ),
+    ]
+}
+
+fn problem(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        PROBLEM_JSON,
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("Problem")))
+            .build(),
+    )
+}
+
+/// The responses every API operation shares.
+fn shared_responses() -> Vec<(&'static str, Response)> {
+    vec![
+        (
+            "Unauthorized",
+            problem(
+                "No bearer token, or one that is malformed, expired, not yet valid or not \
+                 signed by a trusted key.",
+            )
+            .header_ref("WWW-Authenticate", header_ref("WWW-Authenticate"))
+            .build(),
+        ),
+        (
+            "Forbidden",
+            problem(&format!(
+                "The token is valid but lacks the `{REQUIRED_SCOPE}` scope."
+            ))
+            .header_ref("WWW-Authenticate", header_ref("WWW-Authenticate"))
+            .build(),
+        ),
+        (
+            "TooManyRequests",
+            problem("The client's rate limit is exhausted (`/problems/rate-limited`).")
+                .header_ref("Retry-After", header_ref("Retry-After"))
+                .header_ref("RateLimit", header_ref("RateLimit"))
+                .header_ref("RateLimit-Policy", header_ref("RateLimit-Policy"))
+                .build(),
+        ),
+        (
+            "InternalServerError",
+            problem(
+                "The read model could not be queried (a failed query or a row that does not \
+                 decode); the problem says no more.",
+            )
+            .build(),
+        ),
+        (
+            "ServiceUnavailable",
+            problem(
+                "Try again later: no read database answered in time \
+                 (`/problems/read-model-unavailable`); with a `consistency-token`, none caught \
+                 up with it within `CONSISTENT_READ_TIMEOUT_MS` \
+                 (`/problems/not-yet-consistent`); or the protection layer refused the request \
+                 (`/problems/overloaded`, `/problems/deadline-exceeded`, \
+                 `/problems/rate-limiter-unavailable`).",
+            )
+            .header_ref("Retry-After", header_ref("Retry-After"))
+            .build(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use actix_web::test::{call_service, init_service, read_body, TestRequest};
+    use actix_web::{web, App};
+    use schema::money::{Currency, Money};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Where the checked-in copy lives, relative to the workspace.
+    const CHECKED_IN: &str = "docs/openapi/query-service.json";
+
+    fn checked_in_path() -> PathBuf {
+        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        crate_dir.parent().unwrap_or(crate_dir).join(CHECKED_IN)
+    }
+
+    fn generated() -> Value {
+        serde_json::from_str(document_json()).expect("the document is JSON")
+    }
+
+    #[test]
+    fn checked_in_copy_is_current() {
+        let path = checked_in_path();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, document_json()).expect("write the checked-in copy");
+            return;
+        }
+        let checked_in: Option<Value> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        assert!(
+            checked_in == Some(generated()),
+            "{} is not what the code generates. If the API change is intended, regenerate it \
+             with `UPDATE_OPENAPI=1 cargo test -p query-service --lib openapi` and commit it.",
+            path.display()
+        );
+    }
+
+    #[actix_web::test]
+    async fn serves_the_generated_document_as_json() {
+        let app = init_service(App::new().configure(crate::routes::configure)).await;
+        let response =
+            call_service(&app, TestRequest::get().uri("/openapi.json").to_request()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers().get("content-type").map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let body = read_body(response).await;
+        assert_eq!(body, document_json().as_bytes());
+        let app = init_service(App::new().route("/openapi.json", web::get().to(serve))).await;
+        let response =
+            call_service(&app, TestRequest::get().uri("/openapi.json").to_request()).await;
+        assert_eq!(read_body(response).await, document_json().as_bytes());
+    }
+
+    /// Every operation in the document, as (path, method, operation).
+    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut found = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                found.push((path.clone(), method.clone(), operation.clone()));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_route_is_documented_once_with_an_id_and_summary() {
+        let doc = generated();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let routes: BTreeSet<String> = operations(&doc)
+            .into_iter()
+            .map(|(path, method, _)| format!("{method} {path}"))
+            .collect();
+        let expected: BTreeSet<String> = [
+            "get /orders/{id}",
+            "get /customers/{id}/orders",
+            "get /products",
+            "get /products/{id}",
+            "get /reports/daily-sales",
+            "get /health/live",
+            "get /health/ready",
+            "get /metrics",
+            "get /openapi.json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(routes, expected);
+        let mut ids = BTreeSet::new();
+        for (path, method, operation) in operations(&doc) {
+            let id = operation["operationId"].as_str().expect("operationId");
+            assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
+            assert!(
+                operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{method} {path} has no summary"
+            );
+        }
+    }
+
+    #[test]
+    fn api_operations_are_protected_and_public_ones_are_not() {
+        let doc = generated();
+        for (path, method, operation) in operations(&doc) {
+            if PUBLIC_PATHS.contains(&path.as_str()) {
+                assert!(operation.get("security").is_none(), "{method} {path}");
+                assert!(
+                    operation["responses"].get("401").is_none(),
+                    "{method} {path}"
+                );
+                continue;
+            }
+            assert_eq!(
+                operation["security"],
+                serde_json::json!([{ "bearerAuth": ["read"] }]),
+                "{method} {path}"
+            );
+            for status in ["200", "304", "400", "401", "403", "429", "500", "503"] {
+                assert!(
+                    operation["responses"].get(status).is_some(),
+                    "{method} {path} lacks {status}"
+                );
+            }
+            for status in ["200", "304"] {
+                let headers = keys(&operation["responses"][status]["headers"]);
+                let expected: BTreeSet<String> = ["ETag", "Cache-Control", READ_SOURCE_HEADER]
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                assert_eq!(headers, expected, "{method} {path} {status}");
+            }
+        }
+    }
+
+    /// Every `$ref` in `value`.
+    fn refs(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", Value::String(target)) => found.push(target.clone()),
+                        _ => refs(value, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = generated();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for target in found {
+            let pointer = target.strip_prefix('#').expect("local reference");
+            assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+        }
+    }
+
+    #[test]
+    fn query_parameters_carry_the_handlers_limits() {
+        use crate::params::MAX_CURSOR_LEN;
+        use crate::routes::{customers, products, reports};
+
+        let doc = generated();
+        let parameter = |path: &str, name: &str| -> Value {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{path} has no parameter {name}"))
+                .clone()
+        };
+        for (path, max) in [
+            ("/products", products::MAX_LIMIT),
+            ("/customers/{id}/orders", customers::MAX_LIMIT),
+            ("/reports/daily-sales", reports::MAX_LIMIT),
+        ] {
+            let limit = parameter(path, "limit");
+            assert_eq!(limit["schema"]["minimum"], 1, "{path}");
+            assert_eq!(limit["schema"]["maximum"], max, "{path}");
+            assert_eq!(limit["required"], false, "{path}");
+        }
+        for path in ["/customers/{id}/orders", "/reports/daily-sales"] {
+            assert_eq!(
+                parameter(path, "after")["schema"]["maxLength"],
+                MAX_CURSOR_LEN,
+                "{path}"
+            );
+        }
+        for name in ["from", "to"] {
+            let date = parameter("/reports/daily-sales", name);
+            assert_eq!(date["required"], true);
+            assert_eq!(date["schema"]["format"], "date");
+            let time = parameter("/customers/{id}/orders", name);
+            assert_eq!(time["required"], false);
+            assert_eq!(time["schema"]["format"], "date-time");
+        }
+        // Optional parameters are absent or valid, never `null`.
+        for (path, _, operation) in operations(&doc) {
+            for p in operation["parameters"].as_array().into_iter().flatten() {
+                assert!(
+                    !p["schema"].to_string().contains("null"),
+                    "{path} {}: {}",
+                    p["name"],
+                    p["schema"]
+                );
+            }
+        }
+    }
+
+    /// The property names of a component schema.
+    fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
+        keys(&doc["components"]["schemas"][schema]["properties"])
+    }
+
+    fn keys(value: &Value) -> BTreeSet<String> {
+        value
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {value}"))
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn eur(amount_minor: i64) -> Money {
+        Money::new(amount_minor, Currency::try_from("EUR").expect("currency"))
+    }
+
+    #[test]
+    fn read_model_mirrors_match_the_real_types() {
+        let doc = generated();
+        let at = Utc::now();
+        let product = crate::read_model::Product {
+            product_id: Uuid::nil(),
+            sku: "SKU-1".to_owned(),
+            name: "Tea".to_owned(),
+            price: eur(250),
+            discontinued: false,
+            version: 1,
+            updated_at: at,
+        };
+        let item = crate::read_model::OrderHistoryItem {
+            occurred_at: at,
+            order_id: Uuid::nil(),
+            version: 1,
+            kind: "OrderPlaced".to_owned(),
+            amount: eur(500),
+        };
+        let sales = crate::read_model::DailySales {
+            day: at.date_naive(),
+            product_id: Uuid::nil(),
+            currency: "EUR".to_owned(),
+            units: -1,
+            revenue_minor: -250,
+        };
+        for (schema, json) in [
+            ("Product", serde_json::to_value(&product)),
+            ("OrderHistoryItem", serde_json::to_value(&item)),
+            ("DailySales", serde_json::to_value(&sales)),
+        ] {
+            let json = json.expect("json");
+            assert_eq!(keys(&json), properties(&doc, schema), "{schema}");
+            let required: BTreeSet<String> =
+                serde_json::from_value(doc["components"]["schemas"][schema]["required"].clone())
+                    .expect("required");
+            assert_eq!(required, keys(&json), "{schema}");
+        }
+    }
+
+    #[test]
+    fn page_bodies_always_name_next_after() {
+        let doc = generated();
+        for schema in ["ProductPage", "HistoryResponse", "DailySalesReport"] {
+            let required = &doc["components"]["schemas"][schema]["required"];
+            assert!(
+                required
+                    .as_array()
+                    .is_some_and(|r| r.contains(&Value::from("next_after"))),
+                "{schema}: {required}"
+            );
+        }
+    }
+
+    #[actix_web::test]
+    async fn health_mirrors_match_the_real_bodies() {
+        let doc = generated();
+        let live = crate::routes::health::live().await;
+        let body: Value = serde_json::from_slice(&read_body_of(live).await).expect("json");
+        assert_eq!(keys(&body), properties(&doc, "Liveness"));
+        assert_eq!(body["status"], "ok");
+
+        // Nothing checked yet, so no database qualifies: the 503 problem.
+        let config = crate::config::Config::new(
+            "postgres://app:app@127.0.0.1:1/app",
+            vec!["postgres://app:app@127.0.0.1:1/app".to_owned()],
+            "redis://127.0.0.1:1/",
+        );
+        let state = crate::startup::State::new(&config).expect("state");
+        let response = crate::routes::health::ready(
+            web::Data::from(state.router.clone()),
+            web::Data::from(state.feed.clone()),
+        )
+        .await;
+        assert_eq!(response.status(), 503);
+        let body: Value = serde_json::from_slice(&read_body_of(response).await).expect("json");
+        assert_eq!(keys(&body), properties(&doc, "NotReady"));
+        let databases = body["databases"].as_array().expect("databases");
+        assert_eq!(databases.len(), 2);
+        for database in databases {
+            assert_eq!(keys(database), properties(&doc, "DatabaseHealth"));
+        }
+        // The 200 body shares the `databases` entries; its other members are
+        // pinned here as the handler's `json!` names them.
+        let ready: BTreeSet<String> = ["status", "databases", "invalidation_feed_up"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(properties(&doc, "Readiness"), ready);
+    }
+
+    async fn read_body_of(response: HttpResponse) -> actix_web::web::Bytes {
+        actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn problem_mirror_matches_the_real_type() {
+        let doc = generated();
+        let real = problem_details::Problem::typed(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "/problems/invalid-query",
+            "Invalid query parameter",
+        )
+        .with_detail("limit: must be at least 1")
+        .with_field_errors(vec![problem_details::FieldError {
+            field: "limit".to_owned(),
+            detail: "must be at least 1".to_owned(),
+        }]);
+        let json = serde_json::to_value(&real).expect("json");
+        assert_eq!(keys(&json), properties(&doc, "Problem"));
+        assert_eq!(keys(&json["errors"][0]), properties(&doc, "FieldError"));
+        let minimal = serde_json::to_value(problem_details::Problem::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+        ))
+        .expect("json");
+        let required: BTreeSet<String> =
+            serde_json::from_value(doc["components"]["schemas"]["Problem"]["required"].clone())
+                .expect("required");
+        assert_eq!(required, keys(&minimal));
+    }
+}
