@@ -8,6 +8,7 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use schema::consistency::ConsistencyToken;
 use schema::envelope::metadata;
+use schema::trace_context::TraceParent;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -99,6 +100,16 @@ pub struct CommandBus {
     orders: Framework<Order>,
 }
 
+/// What a command carries besides itself.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    /// The request's `Idempotency-Key` context, if it sent one.
+    pub idempotency: Option<Idempotency>,
+    /// The span of the request, stored with the events so the relay and the
+    /// projector continue its trace.
+    pub trace: TraceParent,
+}
+
 impl CommandBus {
     pub fn new(pool: PgPool, settings: BusSettings) -> Self {
         let every = settings.snapshot_every.max(1);
@@ -122,18 +133,18 @@ impl CommandBus {
         &self,
         id: Uuid,
         command: Guarded<ProductCommand>,
-        idempotency: Option<&Idempotency>,
+        context: &CommandContext,
     ) -> Result<Accepted, CommandError> {
-        self.execute(&self.products, id, command, idempotency).await
+        self.execute(&self.products, id, command, context).await
     }
 
     pub async fn order(
         &self,
         id: Uuid,
         command: Guarded<OrderCommand>,
-        idempotency: Option<&Idempotency>,
+        context: &CommandContext,
     ) -> Result<Accepted, CommandError> {
-        self.execute(&self.orders, id, command, idempotency).await
+        self.execute(&self.orders, id, command, context).await
     }
 
     async fn execute<A>(
@@ -141,13 +152,14 @@ impl CommandBus {
         cqrs: &Framework<A>,
         id: Uuid,
         command: A::Command,
-        idempotency: Option<&Idempotency>,
+        context: &CommandContext,
     ) -> Result<Accepted, CommandError>
     where
         A: Aggregate + Clone,
         A::Command: Clone,
         CommandError: From<A::Error>,
     {
+        let idempotency = context.idempotency.as_ref();
         if let Some(idempotency) = idempotency {
             if let Some(done) = self.replay(idempotency).await? {
                 return Ok(done);
@@ -162,6 +174,7 @@ impl CommandBus {
                 // the event and in every read model row is the same value.
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             ),
+            (metadata::TRACEPARENT.to_owned(), context.trace.to_string()),
         ]);
         if let Some(idempotency) = idempotency {
             metadata.insert(

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use access_control::{AuthConfig, AuthConfigError};
 use event_bus::TopicSettings;
 use service_runtime::breaker::BreakerSettings;
 use service_runtime::config::{optional, required, ConfigError};
@@ -37,6 +38,14 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// Kafka settings, see [`TopicSettings::from_env`].
     pub topics: TopicSettings,
+    /// `REDIS_URL`: the Redis that holds the rate limits every instance shares.
+    pub redis_url: String,
+    /// Token verification (`JWT_*`, see [`AuthConfig::from_env`]).
+    pub auth: AuthConfig,
+    /// `MAX_IN_FLIGHT_REQUESTS`, `REQUEST_TIMEOUT_MS`.
+    pub protection: traffic_control::ProtectionConfig,
+    /// `RATE_LIMIT_*` (commands class).
+    pub rate_limits: traffic_control::RateLimitConfig,
     pub relay: RelayConfig,
 }
 
@@ -72,8 +81,17 @@ impl RelayConfig {
     };
 }
 
+/// A variable of the environment is missing or invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigReadError {
+    #[error(transparent)]
+    Env(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+}
+
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, ConfigReadError> {
         Ok(Self {
             http_addr: optional("COMMAND_HTTP_ADDR", "127.0.0.1:8080".to_owned())?,
             database_url: required("PRIMARY_DATABASE_URL")?,
@@ -87,6 +105,10 @@ impl Config {
             append_workers: optional("APPEND_WORKERS", 2)?,
             idempotency_ttl: Duration::from_secs(optional("IDEMPOTENCY_TTL_SECS", 86_400)?),
             topics: TopicSettings::from_env()?,
+            redis_url: required("REDIS_URL")?,
+            auth: AuthConfig::from_env()?,
+            protection: traffic_control::ProtectionConfig::from_env()?,
+            rate_limits: traffic_control::RateLimitConfig::from_env()?,
             relay: RelayConfig {
                 enabled: optional("RELAY_ENABLED", true)?,
                 batch_size: optional("RELAY_BATCH_SIZE", 500)?,

@@ -5,13 +5,15 @@
 use std::future::{ready, Ready};
 
 use actix_web::http::header;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use schema::money::Money;
 use schema::order::{CancelledBy, OrderLine};
+use schema::trace_context::TraceParent;
 use serde::{Deserialize, Serialize};
+use traffic_control::RequestTrace;
 use uuid::Uuid;
 
-use crate::commands::{Accepted, CommandBus};
+use crate::commands::{Accepted, CommandBus, CommandContext};
 use crate::domain::{Guarded, OrderCommand, ProductCommand};
 use crate::error::CommandError;
 use crate::idempotency::{parse_key, request_hash, Idempotency};
@@ -80,6 +82,7 @@ pub struct CommandMeta {
     idempotency_key: Option<String>,
     method: String,
     path: String,
+    trace: TraceParent,
 }
 
 impl CommandMeta {
@@ -94,6 +97,14 @@ impl CommandMeta {
             key,
             request_hash: request_hash(&self.method, &self.path, &canonical),
         })
+    }
+
+    /// What the command carries besides itself, for a request with `body`.
+    fn context<B: Serialize>(&self, body: &B) -> CommandContext {
+        CommandContext {
+            idempotency: self.idempotency(body),
+            trace: self.trace,
+        }
     }
 
     fn guard<C>(&self, command: C) -> Guarded<C> {
@@ -134,6 +145,11 @@ fn command_meta(req: &HttpRequest) -> Result<CommandMeta, CommandError> {
         idempotency_key,
         method: req.method().to_string(),
         path: req.path().to_owned(),
+        // Set by the root span builder (traffic_control::TraceRootSpan).
+        trace: req
+            .extensions()
+            .get::<RequestTrace>()
+            .map_or_else(TraceParent::new_root, |trace| trace.0),
     })
 }
 
@@ -237,13 +253,13 @@ pub(crate) async fn create_product(
     bus: Bus,
     base: Base,
     meta: CommandMeta,
-    body: web::Json<CreateProduct>,
+    body: problem_details::Json<CreateProduct>,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&*body);
+    let context = meta.context(&*body);
     let CreateProduct { sku, name, price } = body.into_inner();
     let command = ProductCommand::CreateProduct { sku, name, price };
     let done = bus
-        .product(Uuid::now_v7(), meta.guard(command), idempotency.as_ref())
+        .product(Uuid::now_v7(), meta.guard(command), &context)
         .await?;
     Ok(accepted(&base, done))
 }
@@ -291,15 +307,13 @@ pub(crate) async fn rename_product(
     base: Base,
     id: web::Path<Uuid>,
     meta: CommandMeta,
-    body: web::Json<RenameProduct>,
+    body: problem_details::Json<RenameProduct>,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&*body);
+    let context = meta.context(&*body);
     let command = ProductCommand::RenameProduct {
         name: body.into_inner().name,
     };
-    let done = bus
-        .product(*id, meta.guard(command), idempotency.as_ref())
-        .await?;
+    let done = bus.product(*id, meta.guard(command), &context).await?;
     Ok(accepted(&base, done))
 }
 
@@ -347,15 +361,13 @@ pub(crate) async fn change_product_price(
     base: Base,
     id: web::Path<Uuid>,
     meta: CommandMeta,
-    body: web::Json<ChangeProductPrice>,
+    body: problem_details::Json<ChangeProductPrice>,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&*body);
+    let context = meta.context(&*body);
     let command = ProductCommand::ChangeProductPrice {
         price: body.into_inner().price,
     };
-    let done = bus
-        .product(*id, meta.guard(command), idempotency.as_ref())
-        .await?;
+    let done = bus.product(*id, meta.guard(command), &context).await?;
     Ok(accepted(&base, done))
 }
 
@@ -390,11 +402,9 @@ pub(crate) async fn discontinue_product(
     id: web::Path<Uuid>,
     meta: CommandMeta,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&());
+    let context = meta.context(&());
     let command = ProductCommand::DiscontinueProduct;
-    let done = bus
-        .product(*id, meta.guard(command), idempotency.as_ref())
-        .await?;
+    let done = bus.product(*id, meta.guard(command), &context).await?;
     Ok(accepted(&base, done))
 }
 
@@ -442,13 +452,13 @@ pub(crate) async fn place_order(
     bus: Bus,
     base: Base,
     meta: CommandMeta,
-    body: web::Json<PlaceOrder>,
+    body: problem_details::Json<PlaceOrder>,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&*body);
+    let context = meta.context(&*body);
     let PlaceOrder { customer_id, lines } = body.into_inner();
     let command = OrderCommand::PlaceOrder { customer_id, lines };
     let done = bus
-        .order(Uuid::now_v7(), meta.guard(command), idempotency.as_ref())
+        .order(Uuid::now_v7(), meta.guard(command), &context)
         .await?;
     Ok(accepted(&base, done))
 }
@@ -491,15 +501,13 @@ pub(crate) async fn add_order_line(
     base: Base,
     id: web::Path<Uuid>,
     meta: CommandMeta,
-    body: web::Json<OrderLine>,
+    body: problem_details::Json<OrderLine>,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&*body);
+    let context = meta.context(&*body);
     let command = OrderCommand::AddOrderLine {
         line: body.into_inner(),
     };
-    let done = bus
-        .order(*id, meta.guard(command), idempotency.as_ref())
-        .await?;
+    let done = bus.order(*id, meta.guard(command), &context).await?;
     Ok(accepted(&base, done))
 }
 
@@ -539,12 +547,10 @@ pub(crate) async fn remove_order_line(
     path: web::Path<(Uuid, Uuid)>,
     meta: CommandMeta,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&());
+    let context = meta.context(&());
     let (id, product_id) = path.into_inner();
     let command = OrderCommand::RemoveOrderLine { product_id };
-    let done = bus
-        .order(id, meta.guard(command), idempotency.as_ref())
-        .await?;
+    let done = bus.order(id, meta.guard(command), &context).await?;
     Ok(accepted(&base, done))
 }
 
@@ -580,13 +586,9 @@ pub(crate) async fn confirm_order(
     id: web::Path<Uuid>,
     meta: CommandMeta,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&());
+    let context = meta.context(&());
     let done = bus
-        .order(
-            *id,
-            meta.guard(OrderCommand::ConfirmOrder),
-            idempotency.as_ref(),
-        )
+        .order(*id, meta.guard(OrderCommand::ConfirmOrder), &context)
         .await?;
     Ok(accepted(&base, done))
 }
@@ -642,9 +644,9 @@ pub(crate) async fn cancel_order(
     base: Base,
     id: web::Path<Uuid>,
     meta: CommandMeta,
-    body: web::Json<CancelOrder>,
+    body: problem_details::Json<CancelOrder>,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&*body);
+    let context = meta.context(&*body);
     let CancelOrder {
         reason,
         cancelled_by,
@@ -653,9 +655,7 @@ pub(crate) async fn cancel_order(
         reason,
         cancelled_by,
     };
-    let done = bus
-        .order(*id, meta.guard(command), idempotency.as_ref())
-        .await?;
+    let done = bus.order(*id, meta.guard(command), &context).await?;
     Ok(accepted(&base, done))
 }
 
@@ -690,13 +690,9 @@ pub(crate) async fn ship_order(
     id: web::Path<Uuid>,
     meta: CommandMeta,
 ) -> Result<HttpResponse, CommandError> {
-    let idempotency = meta.idempotency(&());
+    let context = meta.context(&());
     let done = bus
-        .order(
-            *id,
-            meta.guard(OrderCommand::ShipOrder),
-            idempotency.as_ref(),
-        )
+        .order(*id, meta.guard(OrderCommand::ShipOrder), &context)
         .await?;
     Ok(accepted(&base, done))
 }

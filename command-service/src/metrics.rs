@@ -12,6 +12,7 @@
 use actix_web::{web, HttpResponse};
 use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
 use service_runtime::breaker::BreakerMetrics;
+use service_runtime::postgres::PoolMetrics;
 use sqlx::PgPool;
 
 /// The relay's counters, shared with the relay task.
@@ -32,9 +33,16 @@ pub struct Metrics {
     pub relay: RelayMetrics,
     lag_events: IntGauge,
     lag_seconds: Gauge,
+    pools: PoolMetrics,
 }
 
 impl Metrics {
+    /// The registry `/metrics` serves, for layers that bring their own
+    /// collectors (the HTTP protection layer).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// A fresh registry per application, so several instances in one
     /// process (tests) do not collide.
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -68,11 +76,14 @@ impl Metrics {
         relay.breakers.register(&registry)?;
         registry.register(Box::new(lag_events.clone()))?;
         registry.register(Box::new(lag_seconds.clone()))?;
+        let pools = PoolMetrics::new()?;
+        pools.register(&registry)?;
         Ok(Self {
             registry,
             relay,
             lag_events,
             lag_seconds,
+            pools,
         })
     }
 
@@ -102,6 +113,7 @@ pub async fn metrics(metrics: web::Data<Metrics>, pool: web::Data<PgPool>) -> Ht
         // Stale lag gauges are better than no metrics at all.
         tracing::warn!(%error, "cannot measure outbox lag");
     }
+    metrics.pools.observe("primary", &pool);
     let mut body = Vec::new();
     match TextEncoder::new().encode(&metrics.registry.gather(), &mut body) {
         Ok(()) => HttpResponse::Ok()

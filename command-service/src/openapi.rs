@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document of command-service, generated from the code: the
 //! `#[utoipa::path]` annotations of the handlers in [`crate::http`], the
 //! request types there, the shared types of the `schema` crate, and the
-//! additions of [`SecurityAddon`] for what the protection layer answers.
+//! additions of [`SECURITY_ADDON`] for what the protection layer answers.
+//! The schemas of [`Problem`] and [`FieldError`] and the [`SecurityAddon`]
+//! modifier are the `problem_details` crate's, shared with query-service.
 //!
 //! Served at `GET /openapi.json` and checked in as
 //! `docs/openapi/command-service.json`; the test
@@ -11,20 +13,22 @@
 //!
 //! A few types here are *mirrors*: documentation-only copies of types that
 //! live in files this module does not own ([`Accepted`] of
-//! [`crate::commands::Accepted`], [`Problem`] and [`FieldError`] of
-//! `problem_details`, [`RelayStatus`] of the `/health/relay` body). Each has
-//! a unit test that serializes the real value and compares its fields with
-//! the mirror's schema, so they cannot drift silently.
+//! [`crate::commands::Accepted`], [`RelayStatus`] of the `/health/relay`
+//! body). Each has a unit test that serializes the real value and compares
+//! its fields with the mirror's schema, so they cannot drift silently.
 
 use std::sync::LazyLock;
 
 use actix_web::HttpResponse;
-use utoipa::openapi::header::{Header, HeaderBuilder};
-use utoipa::openapi::path::{Operation, PathItem};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type};
-use utoipa::{Modify, OpenApi, ToSchema};
+use problem_details::openapi::{header, string_matching, SecurityAddon};
+use utoipa::openapi::header::Header;
+use utoipa::openapi::{ObjectBuilder, Type};
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
+
+/// The error body of every response that is not a success, as the
+/// annotations of the handlers name it (`body = crate::openapi::Problem`).
+pub use problem_details::{FieldError, Problem};
 
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = problem_details::CONTENT_TYPE;
@@ -41,9 +45,6 @@ pub const PUBLIC_PATHS: [&str; 5] = [
 
 /// The scope a bearer token needs for every API operation of this service.
 pub const REQUIRED_SCOPE: &str = "write";
-
-/// Name of the security scheme in `components.securitySchemes`.
-pub const BEARER_AUTH: &str = "bearerAuth";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -90,7 +91,7 @@ Integers in bodies must be written as JSON integers: `1.0` or `1e3` is refused (
         schema::order::OrderLine,
         schema::order::CancelledBy,
     )),
-    modifiers(&SecurityAddon),
+    modifiers(&SECURITY_ADDON),
     tags(
         (name = "products", description = "Commands on the `Product` aggregate."),
         (name = "orders", description = "Commands on the `Order` aggregate."),
@@ -219,41 +220,6 @@ pub enum AggregateType {
     Order,
 }
 
-// Mirror of `problem_details::Problem`.
-/// An RFC 9457 problem. It may carry further extension members, e.g.
-/// `retryable: true` on `/problems/concurrent-write`.
-#[derive(ToSchema)]
-pub struct Problem {
-    /// A URI reference naming the problem type; `about:blank` when the
-    /// status says it all.
-    #[schema(
-        rename = "type",
-        format = "uri-reference",
-        example = "/problems/validation"
-    )]
-    pub type_uri: String,
-    /// Short summary of the problem type (the reason phrase for `about:blank`).
-    pub title: String,
-    /// The HTTP status code.
-    #[schema(minimum = 400, maximum = 599)]
-    pub status: u16,
-    /// What went wrong with this request.
-    #[schema(required = false)]
-    pub detail: String,
-    /// Invalid fields of the request, when the problem is about fields.
-    #[schema(required = false)]
-    pub errors: Vec<FieldError>,
-}
-
-// Mirror of `problem_details::FieldError`.
-/// One invalid field of a request.
-#[derive(ToSchema)]
-pub struct FieldError {
-    /// Path of the field in the request body, e.g. `lines[0].quantity`.
-    pub field: String,
-    pub detail: String,
-}
-
 // Mirror of the `{"role": ...}` JSON of `startup::relay_role`.
 /// Which instance relays committed events to Kafka.
 #[derive(ToSchema)]
@@ -274,118 +240,24 @@ pub enum RelayRole {
     Leader,
 }
 
-/// Adds what the protection layer (bearer authentication, rate limiting,
-/// load shedding, deadlines) answers on every API operation, the shared
-/// server-error responses, and one definition of every response header.
-///
-/// Every operation whose path is not in [`PUBLIC_PATHS`] gets
-/// `security: [{bearerAuth: [write]}]` and the responses 401, 403, 429, 500
-/// and 503 (the latter two are also what the handlers answer when the event
-/// store fails). A response header named in a `#[utoipa::path]` annotation
-/// is replaced by a reference to its definition in `components.headers`.
-pub struct SecurityAddon;
+/// What the protection layer answers on every API operation, the shared
+/// responses and the response headers (see
+/// [`problem_details::openapi::SecurityAddon`]). The 500 and 503 are also
+/// what the handlers answer when the event store fails.
+pub const SECURITY_ADDON: SecurityAddon = SecurityAddon {
+    public_paths: &PUBLIC_PATHS,
+    required_scope: REQUIRED_SCOPE,
+    internal_server_error:
+        "An unexpected failure of the event store or a bug; the problem says no more.",
+    service_unavailable: "Try again later: the event store is unavailable, or the protection \
+        layer refused the request (`/problems/overloaded`, `/problems/deadline-exceeded`, \
+        `/problems/rate-limiter-unavailable`). A command abandoned at its deadline may still \
+        have been committed: retry it with the same `Idempotency-Key`.",
+    headers,
+};
 
-impl Modify for SecurityAddon {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.security_schemes.insert(
-            BEARER_AUTH.to_owned(),
-            RefOr::T(SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .description(Some(format!(
-                        "A JWT whose `scope` claim includes `{REQUIRED_SCOPE}`. Without a valid \
-                         token the answer is 401, without the scope 403."
-                    )))
-                    .build(),
-            )),
-        );
-        for (name, header) in headers() {
-            components.headers.insert(name.to_owned(), RefOr::T(header));
-        }
-        for (name, response) in shared_responses() {
-            components
-                .responses
-                .insert(name.to_owned(), RefOr::T(response));
-        }
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let public = PUBLIC_PATHS.contains(&path.as_str());
-            for operation in operations_mut(item) {
-                if !public {
-                    protect(operation);
-                }
-                for response in operation.responses.responses.values_mut() {
-                    if let RefOr::T(response) = response {
-                        link_headers(response);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Every operation of a path item.
-fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
-    [
-        &mut item.get,
-        &mut item.put,
-        &mut item.post,
-        &mut item.delete,
-        &mut item.patch,
-    ]
-    .into_iter()
-    .filter_map(Option::as_mut)
-}
-
-fn protect(operation: &mut Operation) {
-    operation.security = Some(vec![SecurityRequirement::new(
-        BEARER_AUTH,
-        [REQUIRED_SCOPE],
-    )]);
-    for (status, name) in [
-        ("401", "Unauthorized"),
-        ("403", "Forbidden"),
-        ("429", "TooManyRequests"),
-        ("500", "InternalServerError"),
-        ("503", "ServiceUnavailable"),
-    ] {
-        operation
-            .responses
-            .responses
-            .entry(status.to_owned())
-            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
-    }
-}
-
-/// Replaces each header of `response` by a reference to its definition.
-fn link_headers(response: &mut Response) {
-    for (name, header) in response.headers.iter_mut() {
-        *header = RefOr::Ref(Ref::new(format!("#/components/headers/{name}")));
-    }
-}
-
-/// One response header: always sent with the responses that list it.
-fn header(description: &str, schema: ObjectBuilder) -> Header {
-    let mut header = HeaderBuilder::new()
-        .description(Some(description))
-        .schema(Some(schema.build()))
-        .build();
-    // utoipa's `Header` has no `required` field, OpenAPI 3.1's Header Object has.
-    header
-        .extensions
-        .get_or_insert_with(Default::default)
-        .insert("required".to_owned(), true.into());
-    header
-}
-
-fn string(pattern: &str) -> ObjectBuilder {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .pattern(Some(pattern))
-}
-
-/// Every response header this service (or its protection layer) sends.
+/// The response headers of this service's own operations (the protection
+/// layer's are shared).
 fn headers() -> Vec<(&'static str, Header)> {
     vec![
         (
@@ -403,7 +275,7 @@ fn headers() -> Vec<(&'static str, Header)> {
             header(
                 "The aggregate's version after the command, as a strong entity tag. \
                  Send it back as `If-Match` (with or without the quotes).",
-                string(r#"^"[0-9]+"$"#),
+                string_matching(r#"^"[0-9]+"$"#),
             ),
         ),
         (
@@ -411,96 +283,8 @@ fn headers() -> Vec<(&'static str, Header)> {
             header(
                 "Opaque token naming this write; send it as the `consistency-token` \
                  request header of a query-service read to see it.",
-                string(r"^ct1\.[A-Za-z0-9_-]+$"),
+                string_matching(r"^ct1\.[A-Za-z0-9_-]+$"),
             ),
-        ),
-        (
-            "Retry-After",
-            header("Seconds to wait before retrying.", string("^[0-9]+$")),
-        ),
-        (
-            "WWW-Authenticate",
-            header(
-                "The bearer challenge (RFC 6750), e.g. `Bearer error=\"invalid_token\"` or \
-                 `Bearer error=\"insufficient_scope\", scope=\"write\"`.",
-                string("^Bearer"),
-            ),
-        ),
-        (
-            "RateLimit",
-            header(
-                "What is left of the quota (draft-ietf-httpapi-ratelimit-headers): \
-                 `\"<class>\";r=<remaining>;t=<seconds until the full burst is back>`.",
-                string(r#"^"[^"]+";r=[0-9]+;t=[0-9]+$"#),
-            ),
-        ),
-        (
-            "RateLimit-Policy",
-            header(
-                "The quota (draft-ietf-httpapi-ratelimit-headers): \
-                 `\"<class>\";q=<burst>;w=<window seconds>`.",
-                string(r#"^"[^"]+";q=[0-9]+;w=[0-9]+$"#),
-            ),
-        ),
-    ]
-}
-
-fn problem(description: &str) -> ResponseBuilder {
-    ResponseBuilder::new().description(description).content(
-        PROBLEM_JSON,
-        ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name("Problem")))
-            .build(),
-    )
-}
-
-fn header_ref(name: &str) -> Ref {
-    Ref::new(format!("#/components/headers/{name}"))
-}
-
-/// The responses every API operation shares.
-fn shared_responses() -> Vec<(&'static str, Response)> {
-    vec![
-        (
-            "Unauthorized",
-            problem(
-                "No bearer token, or one that is malformed, expired, not yet valid or not \
-                 signed by a trusted key.",
-            )
-            .header_ref("WWW-Authenticate", header_ref("WWW-Authenticate"))
-            .build(),
-        ),
-        (
-            "Forbidden",
-            problem(&format!(
-                "The token is valid but lacks the `{REQUIRED_SCOPE}` scope."
-            ))
-            .header_ref("WWW-Authenticate", header_ref("WWW-Authenticate"))
-            .build(),
-        ),
-        (
-            "TooManyRequests",
-            problem("The client's rate limit is exhausted (`/problems/rate-limited`).")
-                .header_ref("Retry-After", header_ref("Retry-After"))
-                .header_ref("RateLimit", header_ref("RateLimit"))
-                .header_ref("RateLimit-Policy", header_ref("RateLimit-Policy"))
-                .build(),
-        ),
-        (
-            "InternalServerError",
-            problem("An unexpected failure of the event store or a bug; the problem says no more.")
-                .build(),
-        ),
-        (
-            "ServiceUnavailable",
-            problem(
-                "Try again later: the event store is unavailable, or the protection layer \
-                 refused the request (`/problems/overloaded`, `/problems/deadline-exceeded`, \
-                 `/problems/rate-limiter-unavailable`). A command abandoned at its deadline \
-                 may still have been committed: retry it with the same `Idempotency-Key`.",
-            )
-            .header_ref("Retry-After", header_ref("Retry-After"))
-            .build(),
         ),
     ]
 }
@@ -766,32 +550,6 @@ mod tests {
                 .expect("enum");
             assert!(types.contains(&json["aggregate_type"]), "{json}");
         }
-    }
-
-    #[test]
-    fn problem_mirror_matches_the_real_type() {
-        let doc = generated();
-        let real = problem_details::Problem::typed(
-            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "/problems/validation",
-            "Invalid command",
-        )
-        .with_detail("sku must not be blank")
-        .with_field_errors(vec![problem_details::FieldError {
-            field: "sku".to_owned(),
-            detail: "must not be blank".to_owned(),
-        }]);
-        let json = serde_json::to_value(&real).expect("json");
-        assert_eq!(keys(&json), properties(&doc, "Problem"));
-        assert_eq!(keys(&json["errors"][0]), properties(&doc, "FieldError"));
-        let required: BTreeSet<String> =
-            serde_json::from_value(doc["components"]["schemas"]["Problem"]["required"].clone())
-                .expect("required");
-        let minimal = serde_json::to_value(problem_details::Problem::new(
-            actix_web::http::StatusCode::NOT_FOUND,
-        ))
-        .expect("json");
-        assert_eq!(required, keys(&minimal));
     }
 
     #[test]

@@ -35,7 +35,8 @@ use event_bus::TopicSettings;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use schema::envelope::{topic_for, EventHeaders};
+use schema::envelope::{header, topic_for, EventHeaders};
+use schema::trace_context::TraceParent;
 use service_runtime::backoff::Backoff;
 use service_runtime::breaker::{Breaker, CallPermit};
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
@@ -362,7 +363,8 @@ impl OutboxRelay {
             r#"SELECT transaction_id::text AS "transaction_id!",
                       position, aggregate_type, aggregate_id, sequence,
                       event_type, event_version, payload::text AS "payload!",
-                      metadata ->> 'occurred_at' AS occurred_at
+                      metadata ->> 'occurred_at' AS occurred_at,
+                      metadata ->> 'traceparent' AS traceparent
                  FROM events
                 WHERE (transaction_id, position) > ($1::text::xid8, $2)
                   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -403,16 +405,18 @@ impl OutboxRelay {
                 event_version: row.event_version.clone(),
                 occurred_at,
             };
-            let kafka_headers =
-                headers
-                    .to_pairs()
-                    .into_iter()
-                    .fold(OwnedHeaders::new(), |h, (key, value)| {
-                        h.insert(Header {
-                            key,
-                            value: Some(value.as_bytes()),
-                        })
-                    });
+            let mut pairs = headers.to_pairs();
+            if let Some(publish) = publish_span(row.traceparent.as_deref(), &headers) {
+                pairs.push((header::TRACEPARENT, publish.to_string()));
+            }
+            let kafka_headers = pairs
+                .into_iter()
+                .fold(OwnedHeaders::new(), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    })
+                });
             let topic = topic_for(&self.topics.prefix, &row.aggregate_type);
             let mut record = FutureRecord::to(&topic)
                 .key(row.aggregate_id.as_str())
@@ -490,4 +494,36 @@ fn create_producer(
             config.delivery_timeout.as_millis().to_string(),
         )
         .create()
+}
+
+/// Target of the per-event publish spans; enable with
+/// `RUST_LOG=info,command_service::trace=debug`.
+const TRACE_TARGET: &str = "command_service::trace";
+
+/// The publish span of one event: a child of the command's span stored in
+/// the event's metadata, sent on as the Kafka `traceparent` header so the
+/// projector continues the trace. None for events stored without one.
+fn publish_span(stored: Option<&str>, event: &EventHeaders) -> Option<TraceParent> {
+    let parent: TraceParent = stored?.parse().ok()?;
+    let span = parent.child();
+    if tracing::enabled!(target: TRACE_TARGET, tracing::Level::DEBUG) {
+        tracing::debug_span!(
+            target: TRACE_TARGET,
+            "publish",
+            trace_id = %span.trace_id(),
+            span_id = %span.span_id(),
+            parent_span_id = %parent.span_id(),
+        )
+        .in_scope(|| {
+            tracing::debug!(
+                target: TRACE_TARGET,
+                aggregate_type = event.aggregate_type,
+                aggregate_id = event.aggregate_id,
+                sequence = event.sequence,
+                position = event.position,
+                "event published"
+            );
+        });
+    }
+    Some(span)
 }

@@ -3,12 +3,14 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
+use access_control::Scope;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use problem_details::Problem;
 use service_runtime::shutdown::CancellationToken;
 use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
+use traffic_control::{ApiProtection, RouteClass, TraceRootSpan};
 
 use crate::commands::{BusSettings, CommandBus};
 use crate::config::Config;
@@ -29,6 +31,8 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error("creating the outbox relay: {0}")]
     Relay(#[from] RelayError),
+    #[error("building the protection layer: {0}")]
+    Protection(#[from] traffic_control::ProtectionError),
 }
 
 /// A built command-service: HTTP server bound, relay ready, nothing running yet.
@@ -65,7 +69,21 @@ impl Application {
             .map_or_else(RelayStatus::disabled, OutboxRelay::status);
         let listener = TcpListener::bind(&config.http_addr)?;
         let port = listener.local_addr()?.port();
-        let server = http_server(listener, pool.clone(), relay_status, metrics, &config)?;
+        let protection = ApiProtection::new(
+            &config.protection,
+            &config.rate_limits,
+            &config.redis_url,
+            &config.auth,
+            metrics.registry(),
+        )?;
+        let server = http_server(
+            listener,
+            pool.clone(),
+            relay_status,
+            metrics,
+            protection,
+            &config,
+        )?;
         Ok(Self {
             port,
             server,
@@ -113,6 +131,7 @@ fn http_server(
     pool: PgPool,
     relay_status: RelayStatus,
     metrics: Metrics,
+    protection: ApiProtection,
     config: &Config,
 ) -> std::io::Result<Server> {
     let bus = web::Data::new(CommandBus::new(
@@ -132,8 +151,10 @@ fn http_server(
     let body_limit = config.body_limit_bytes;
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<TraceRootSpan>::new())
+            .wrap(protection.request_metrics())
             .app_data(problem_details::json_config(body_limit))
+            .app_data(problem_details::JsonLimits::new(body_limit))
             .app_data(problem_details::path_config())
             .app_data(problem_details::query_config())
             .app_data(bus.clone())
@@ -146,7 +167,11 @@ fn http_server(
             .route("/health/ready", web::get().to(ready))
             .route("/health/relay", web::get().to(relay_role))
             .route("/openapi.json", web::get().to(crate::openapi::serve))
-            .configure(http::routes)
+            .service(protection.guard(
+                web::scope("").configure(http::routes),
+                Scope::Write,
+                RouteClass::Commands,
+            ))
             .default_service(web::to(problem_details::route_not_found))
     })
     .listen(listener)?

@@ -4,6 +4,12 @@
 //! `application/problem+json`. The extractor configs here turn actix's own
 //! rejections (bad JSON, bad path, bad query, oversize body) into problems too,
 //! so no error leaves a service as plain text.
+//!
+//! [`openapi`] holds the OpenAPI parts the services' documents share: the
+//! schemas of [`Problem`] and [`FieldError`] and the modifier documenting
+//! what the protection layer answers.
+
+pub mod openapi;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,10 +45,12 @@ pub struct Problem {
     retry_after_secs: Option<u64>,
 }
 
-/// One invalid field of a request, listed under the `errors` extension.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// One invalid field of a request.
+// Listed under the `errors` extension (`Problem::with_field_errors`). The
+// doc comments are also the OpenAPI schema's descriptions.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
-    /// JSON pointer-ish path of the field, e.g. `lines[0].quantity`.
+    /// Path of the field in the request body, e.g. `lines[0].quantity`.
     pub field: String,
     pub detail: String,
 }

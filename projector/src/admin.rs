@@ -40,11 +40,12 @@ impl DeadLetterError {
     }
 }
 
+/// The admin routes, relative to the `/admin` scope the app mounts them in.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
-        .route("/admin/dead-letters", web::get().to(list))
-        .route("/admin/dead-letters/{id}/retry", web::post().to(retry))
-        .route("/admin/dead-letters/{id}/skip", web::post().to(skip));
+        .route("/dead-letters", web::get().to(list))
+        .route("/dead-letters/{id}/retry", web::post().to(retry))
+        .route("/dead-letters/{id}/skip", web::post().to(skip));
 }
 
 /// `GET /admin/dead-letters`: every parked letter, oldest first.

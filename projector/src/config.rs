@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use access_control::{AuthConfig, AuthConfigError};
 use event_bus::TopicSettings;
 use service_runtime::config::{optional, required, ConfigError};
 
@@ -35,10 +36,26 @@ pub struct Config {
     pub max_attempts: u32,
     /// Monthly partitions of the time-series read models.
     pub partitions: MaintenanceSettings,
+    /// Token verification for the admin API (`JWT_*`, see
+    /// [`AuthConfig::from_env`]); admin routes need the `admin` scope.
+    pub auth: AuthConfig,
+    /// `MAX_IN_FLIGHT_REQUESTS`, `REQUEST_TIMEOUT_MS` of the admin API.
+    pub protection: traffic_control::ProtectionConfig,
+    /// `RATE_LIMIT_ADMIN` (admin class).
+    pub rate_limits: traffic_control::RateLimitConfig,
+}
+
+/// A variable of the environment is missing or invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigReadError {
+    #[error(transparent)]
+    Env(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, ConfigReadError> {
         Ok(Self {
             http_addr: optional("PROJECTOR_HTTP_ADDR", "127.0.0.1:8082".to_owned())?,
             database_url: required("PRIMARY_DATABASE_URL")?,
@@ -58,6 +75,9 @@ impl Config {
                 retention_months: optional("HISTORY_RETENTION_MONTHS", 0)?,
                 interval: Duration::from_secs(optional("PARTITION_MAINTENANCE_INTERVAL_S", 3600)?),
             },
+            auth: AuthConfig::from_env()?,
+            protection: traffic_control::ProtectionConfig::from_env()?,
+            rate_limits: traffic_control::RateLimitConfig::from_env()?,
         })
     }
 }

@@ -5,6 +5,7 @@ use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use service_runtime::postgres::PoolMetrics;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ pub struct Metrics {
     /// caught up).
     lag_seconds: GaugeVec,
     dead_letters: IntGauge,
+    pools: PoolMetrics,
     /// What the lag gauges are computed from (see [`LagTracker`]); the age
     /// is recomputed at every scrape, so it grows while a batch is stuck.
     lag_state: Arc<Mutex<HashMap<(String, i32), PartitionLag>>>,
@@ -36,6 +38,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The registry `/metrics` serves, for layers that bring their own
+    /// collectors (the HTTP protection layer).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// A fresh registry per application, so several instances in one process
     /// (tests) do not collide.
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -104,8 +112,10 @@ impl Metrics {
                 &["projection"],
             )?,
             lag_state: Arc::default(),
+            pools: PoolMetrics::new()?,
             registry,
         };
+        metrics.pools.register(&metrics.registry)?;
         metrics
             .registry
             .register(Box::new(metrics.applied.clone()))?;
@@ -191,6 +201,7 @@ pub async fn metrics(
         Err(error) => tracing::warn!(%error, "cannot count dead letters"),
     }
     metrics.refresh_lag();
+    metrics.pools.observe("primary", &pool);
     // Rebuilds run in another process (`projector rebuild`): their progress
     // is read from the table they write it to.
     match sqlx::query!(

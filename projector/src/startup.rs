@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 
+use access_control::Scope;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use event_bus::TopicSettings;
@@ -10,6 +11,7 @@ use service_runtime::shutdown::CancellationToken;
 use sqlx::PgPool;
 use std::time::Duration;
 use tracing_actix_web::TracingLogger;
+use traffic_control::{ApiProtection, RouteClass, TraceRootSpan};
 
 use crate::config::Config;
 use crate::consumer::Projector;
@@ -30,6 +32,8 @@ pub enum StartupError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("building the protection layer: {0}")]
+    Protection(#[from] traffic_control::ProtectionError),
     #[error("binding the HTTP listener: {0}")]
     Bind(#[from] std::io::Error),
 }
@@ -82,9 +86,17 @@ impl Application {
         let data_pool = web::Data::new(pool.clone());
         let metrics = web::Data::new(metrics);
         let group = web::Data::new(Group(config.group_id.clone()));
+        let protection = ApiProtection::new(
+            &config.protection,
+            &config.rate_limits,
+            &config.redis_url,
+            &config.auth,
+            metrics.registry(),
+        )?;
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<TraceRootSpan>::new())
+                .wrap(protection.request_metrics())
                 .app_data(data_pool.clone())
                 .app_data(metrics.clone())
                 .app_data(group.clone())
@@ -93,7 +105,11 @@ impl Application {
                 .route("/health/live", web::get().to(HttpResponse::Ok))
                 .route("/health/ready", web::get().to(ready))
                 .route("/metrics", web::get().to(crate::metrics::metrics))
-                .configure(crate::admin::routes)
+                .service(protection.guard(
+                    web::scope("/admin").configure(crate::admin::routes),
+                    Scope::Admin,
+                    RouteClass::Admin,
+                ))
                 .default_service(web::to(problem_details::route_not_found))
         })
         .workers(1)

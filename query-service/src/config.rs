@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use access_control::{AuthConfig, AuthConfigError};
 use service_runtime::breaker::BreakerSettings;
 use service_runtime::config::{optional, required, ConfigError};
+use traffic_control::{ProtectionConfig, RateLimitConfig};
 
 /// Everything query-service needs to run.
 ///
@@ -21,6 +23,12 @@ use service_runtime::config::{optional, required, ConfigError};
 ///         "postgres://app:app@127.0.0.1:55432/app",
 ///         vec!["postgres://app:app@127.0.0.1:55433/app".to_owned()],
 ///         "redis://127.0.0.1:56379/",
+///         access_control::AuthConfig::hs256(
+///             "a secret of at least thirty-two bytes",
+///             "issuer",
+///             "audience",
+///         )
+///         .expect("a long enough secret"),
 ///     )
 /// };
 /// # assert_eq!(config.http_addr.port(), 0);
@@ -94,6 +102,21 @@ pub struct Config {
     /// `REDIS_BREAKER_OPEN_MS` (default 1000), doubling after each failed
     /// probe up to `REDIS_BREAKER_MAX_OPEN_MS` (default 10000).
     pub redis_breaker: BreakerSettings,
+    /// Token verification (`JWT_*`, see [`AuthConfig::from_env`]).
+    pub auth: AuthConfig,
+    /// `MAX_IN_FLIGHT_REQUESTS`, `REQUEST_TIMEOUT_MS`.
+    pub protection: ProtectionConfig,
+    /// `RATE_LIMIT_*` (reads class).
+    pub rate_limits: RateLimitConfig,
+}
+
+/// A variable of the environment is missing or invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigReadError {
+    #[error(transparent)]
+    Env(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
 }
 
 /// What to do with a read when no replica is healthy and fresh enough.
@@ -144,6 +167,7 @@ impl Config {
         primary_database_url: impl Into<String>,
         replica_database_urls: Vec<String>,
         redis_url: impl Into<String>,
+        auth: AuthConfig,
     ) -> Self {
         Self {
             http_addr: Self::DEFAULT_HTTP_ADDR,
@@ -166,13 +190,17 @@ impl Config {
             redis_cache_ttl: Duration::from_secs(600),
             db_breaker: Self::DEFAULT_DB_BREAKER,
             redis_breaker: Self::DEFAULT_REDIS_BREAKER,
+            auth,
+            protection: ProtectionConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 
     /// Reads every variable named on the fields; `PRIMARY_DATABASE_URL` and
     /// `REDIS_URL` are required.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let d = Self::new(String::new(), Vec::new(), String::new());
+    pub fn from_env() -> Result<Self, ConfigReadError> {
+        let auth = AuthConfig::from_env()?;
+        let d = Self::new(String::new(), Vec::new(), String::new(), auth.clone());
         let ms = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             Ok(Duration::from_millis(optional(name, millis(default))?))
         };
@@ -228,6 +256,9 @@ impl Config {
                 "REDIS_BREAKER_MAX_OPEN_MS",
                 d.redis_breaker,
             )?,
+            auth,
+            protection: ProtectionConfig::from_env()?,
+            rate_limits: RateLimitConfig::from_env()?,
         })
     }
 }
@@ -295,6 +326,9 @@ impl fmt::Debug for Config {
             .field("redis_cache_ttl", &self.redis_cache_ttl)
             .field("db_breaker", &self.db_breaker)
             .field("redis_breaker", &self.redis_breaker)
+            .field("auth", &self.auth)
+            .field("protection", &self.protection)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -319,6 +353,7 @@ mod tests {
             "postgres://app:secret@db:5432/app",
             vec!["postgres://app:hidden@replica:5432/app".to_owned()],
             "redis://:pw@cache:6379/",
+            AuthConfig::hs256("the-jwt-secret-that-must-not-leak!", "iss", "aud").expect("secret"),
         );
         let debug = format!("{config:?}");
         assert!(!debug.contains("secret"), "{debug}");
@@ -346,4 +381,11 @@ mod tests {
         assert!(positive("X", Duration::ZERO).is_err());
         assert_eq!(positive("X", 3u32).ok(), Some(3));
     }
+}
+
+/// Token settings for unit tests that build a [`Config`].
+#[cfg(test)]
+pub(crate) fn test_auth() -> AuthConfig {
+    AuthConfig::hs256("a secret of at least thirty-two bytes", "tests", "tests")
+        .expect("a long enough secret")
 }

@@ -13,6 +13,11 @@ pub enum QueryError {
     /// The requested document does not exist in the read model.
     #[error("{resource} {id} not found")]
     NotFound { resource: &'static str, id: String },
+    /// A customer token asked for another customer's list (object-level
+    /// authorization; single orders answer [`QueryError::NotFound`] instead,
+    /// so probing ids reveals nothing).
+    #[error("this token may read only its own customer's data")]
+    ForbiddenCustomer,
     /// A time or date range that is empty, reversed or too long.
     #[error("invalid range: {0}")]
     InvalidRange(String),
@@ -56,6 +61,10 @@ impl QueryError {
         match self {
             Self::NotFound { resource, id } => Problem::new(StatusCode::NOT_FOUND)
                 .with_detail(format!("{resource} {id} not found")),
+            Self::ForbiddenCustomer => {
+                Problem::typed(StatusCode::FORBIDDEN, "/problems/forbidden", "Forbidden")
+                    .with_detail(self.to_string())
+            }
             Self::InvalidRange(reason) => Problem::typed(
                 StatusCode::BAD_REQUEST,
                 "/problems/invalid-range",

@@ -17,6 +17,7 @@ use prometheus::{
     Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use service_runtime::breaker::BreakerMetrics;
+use service_runtime::postgres::PoolMetrics;
 
 use crate::cache::{Feed, RedisTier};
 use crate::replicas::ReadRouter;
@@ -34,9 +35,16 @@ pub struct Metrics {
     database_checkpoint_lag: IntGaugeVec,
     feed_up: IntGauge,
     breakers: BreakerMetrics,
+    pools: PoolMetrics,
 }
 
 impl Metrics {
+    /// The registry `/metrics` serves, for layers that bring their own
+    /// collectors (the HTTP protection layer).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let reads = IntCounterVec::new(
@@ -78,6 +86,8 @@ impl Metrics {
         registry.register(Box::new(database_checkpoint_lag.clone()))?;
         registry.register(Box::new(feed_up.clone()))?;
         breakers.register(&registry)?;
+        let pools = PoolMetrics::new()?;
+        pools.register(&registry)?;
         Ok(Self {
             registry,
             reads,
@@ -86,6 +96,7 @@ impl Metrics {
             database_checkpoint_lag,
             feed_up,
             breakers,
+            pools,
         })
     }
 
@@ -105,6 +116,7 @@ impl Metrics {
             let name = database.name().as_ref();
             let health = database.health();
             self.breakers.observe(database.breaker());
+            self.pools.observe(name, database.pool());
             self.database_healthy
                 .with_label_values(&[name])
                 .set(i64::from(health.healthy));

@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document of query-service, generated from the code: the
 //! `#[utoipa::path]` annotations of the handlers in [`crate::routes`], the
 //! response types there and in the `schema` crate, and the additions of
-//! [`SecurityAddon`] for what the protection layer answers.
+//! [`SECURITY_ADDON`] for what the protection layer answers. The schemas of
+//! [`Problem`] and [`FieldError`] and the [`SecurityAddon`] modifier are the
+//! `problem_details` crate's, shared with command-service.
 //!
 //! Served at `GET /openapi.json` and checked in as
 //! `docs/openapi/query-service.json`; the test
@@ -11,8 +13,7 @@
 //!
 //! A few types here are *mirrors*: documentation-only copies of types that
 //! live in files this module does not own ([`Product`], [`OrderHistoryItem`]
-//! and [`DailySales`] of [`crate::read_model`], [`Problem`] and
-//! [`FieldError`] of `problem_details`) or of bodies built with `json!`
+//! and [`DailySales`] of [`crate::read_model`]) or of bodies built with `json!`
 //! ([`Liveness`], [`Readiness`], [`DatabaseHealth`], [`NotReady`] of
 //! [`crate::routes::health`]). Unit tests serialize real values and compare
 //! their fields with the mirrors' schemas, so they cannot drift silently.
@@ -21,14 +22,17 @@ use std::sync::LazyLock;
 
 use actix_web::HttpResponse;
 use chrono::{DateTime, NaiveDate, Utc};
-use utoipa::openapi::header::{Header, HeaderBuilder};
-use utoipa::openapi::path::{Operation, PathItem};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type};
-use utoipa::{Modify, OpenApi, ToSchema};
+use problem_details::openapi::{header, string_matching, SecurityAddon};
+use utoipa::openapi::header::Header;
+use utoipa::openapi::{ObjectBuilder, Type};
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::conditional::{PRIVATE_REVALIDATE, PUBLIC_SHORT, READ_SOURCE_HEADER};
+
+/// The error body of every response that is not a success, as the
+/// annotations of the handlers name it (`body = crate::openapi::Problem`).
+pub use problem_details::{FieldError, Problem};
 
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = problem_details::CONTENT_TYPE;
@@ -39,9 +43,6 @@ pub const PUBLIC_PATHS: [&str; 4] = ["/health/live", "/health/ready", "/metrics"
 
 /// The scope a bearer token needs for every API operation of this service.
 pub const REQUIRED_SCOPE: &str = "read";
-
-/// Name of the security scheme in `components.securitySchemes`.
-pub const BEARER_AUTH: &str = "bearerAuth";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -86,7 +87,7 @@ problems (`application/problem+json`).",
         schema::views::OrderStatus,
         schema::money::Money,
     )),
-    modifiers(&SecurityAddon),
+    modifiers(&SECURITY_ADDON),
     tags(
         (name = "orders", description = "Order summaries."),
         (name = "customers", description = "Customers' order histories."),
@@ -245,156 +246,25 @@ pub struct NotReady {
     pub databases: Vec<DatabaseHealth>,
 }
 
-// Mirror of `problem_details::Problem`.
-/// An RFC 9457 problem. It may carry further extension members.
-#[derive(ToSchema)]
-pub struct Problem {
-    /// A URI reference naming the problem type; `about:blank` when the
-    /// status says it all.
-    #[schema(
-        rename = "type",
-        format = "uri-reference",
-        example = "/problems/invalid-query"
-    )]
-    pub type_uri: String,
-    /// Short summary of the problem type (the reason phrase for `about:blank`).
-    pub title: String,
-    /// The HTTP status code.
-    #[schema(minimum = 400, maximum = 599)]
-    pub status: u16,
-    /// What went wrong with this request.
-    #[schema(required = false)]
-    pub detail: String,
-    /// Invalid fields of the request, when the problem is about fields.
-    #[schema(required = false)]
-    pub errors: Vec<FieldError>,
-}
+/// What the protection layer answers on every API operation, the shared
+/// responses and the response headers (see
+/// [`problem_details::openapi::SecurityAddon`]). The 500 and 503 are also
+/// what the handlers answer when the read databases fail.
+pub const SECURITY_ADDON: SecurityAddon = SecurityAddon {
+    public_paths: &PUBLIC_PATHS,
+    required_scope: REQUIRED_SCOPE,
+    internal_server_error: "The read model could not be queried (a failed query or a row that \
+        does not decode); the problem says no more.",
+    service_unavailable: "Try again later: no read database answered in time \
+        (`/problems/read-model-unavailable`); with a `consistency-token`, none caught up with it \
+        within `CONSISTENT_READ_TIMEOUT_MS` (`/problems/not-yet-consistent`); or the protection \
+        layer refused the request (`/problems/overloaded`, `/problems/deadline-exceeded`, \
+        `/problems/rate-limiter-unavailable`).",
+    headers,
+};
 
-// Mirror of `problem_details::FieldError`.
-/// One invalid field of a request.
-#[derive(ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub detail: String,
-}
-
-/// Adds what the protection layer (bearer authentication, rate limiting,
-/// load shedding, deadlines) answers on every API operation, the shared
-/// server-error responses, and one definition of every response header.
-///
-/// Every operation whose path is not in [`PUBLIC_PATHS`] gets
-/// `security: [{bearerAuth: [read]}]` and the responses 401, 403, 429, 500
-/// and 503 (the latter two are also what the handlers answer when the read
-/// databases fail). A response header named in a `#[utoipa::path]`
-/// annotation is replaced by a reference to its definition in
-/// `components.headers`.
-pub struct SecurityAddon;
-
-impl Modify for SecurityAddon {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.security_schemes.insert(
-            BEARER_AUTH.to_owned(),
-            RefOr::T(SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .description(Some(format!(
-                        "A JWT whose `scope` claim includes `{REQUIRED_SCOPE}`. Without a valid \
-                         token the answer is 401, without the scope 403."
-                    )))
-                    .build(),
-            )),
-        );
-        for (name, header) in headers() {
-            components.headers.insert(name.to_owned(), RefOr::T(header));
-        }
-        for (name, response) in shared_responses() {
-            components
-                .responses
-                .insert(name.to_owned(), RefOr::T(response));
-        }
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let public = PUBLIC_PATHS.contains(&path.as_str());
-            for operation in operations_mut(item) {
-                if !public {
-                    protect(operation);
-                }
-                for response in operation.responses.responses.values_mut() {
-                    if let RefOr::T(response) = response {
-                        link_headers(response);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Every operation of a path item.
-fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
-    [
-        &mut item.get,
-        &mut item.put,
-        &mut item.post,
-        &mut item.delete,
-        &mut item.patch,
-    ]
-    .into_iter()
-    .filter_map(Option::as_mut)
-}
-
-fn protect(operation: &mut Operation) {
-    operation.security = Some(vec![SecurityRequirement::new(
-        BEARER_AUTH,
-        [REQUIRED_SCOPE],
-    )]);
-    for (status, name) in [
-        ("401", "Unauthorized"),
-        ("403", "Forbidden"),
-        ("429", "TooManyRequests"),
-        ("500", "InternalServerError"),
-        ("503", "ServiceUnavailable"),
-    ] {
-        operation
-            .responses
-            .responses
-            .entry(status.to_owned())
-            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
-    }
-}
-
-/// Replaces each header of `response` by a reference to its definition.
-fn link_headers(response: &mut Response) {
-    for (name, header) in response.headers.iter_mut() {
-        *header = RefOr::Ref(header_ref(name));
-    }
-}
-
-fn header_ref(name: &str) -> Ref {
-    Ref::new(format!("#/components/headers/{name}"))
-}
-
-/// One response header: always sent with the responses that list it.
-fn header(description: &str, schema: ObjectBuilder) -> Header {
-    let mut header = HeaderBuilder::new()
-        .description(Some(description))
-        .schema(Some(schema.build()))
-        .build();
-    // utoipa's `Header` has no `required` field, OpenAPI 3.1's Header Object has.
-    header
-        .extensions
-        .get_or_insert_with(Default::default)
-        .insert("required".to_owned(), true.into());
-    header
-}
-
-fn string(pattern: &str) -> ObjectBuilder {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .pattern(Some(pattern))
-}
-
-/// Every response header this service (or its protection layer) sends.
+/// The response headers of this service's own operations (the protection
+/// layer's are shared).
 fn headers() -> Vec<(&'static str, Header)> {
     vec![
         (
@@ -402,7 +272,7 @@ fn headers() -> Vec<(&'static str, Header)> {
             header(
                 "Validator of the body: `\"v{version}\"` (strong) for an order or a product, \
                  `W/\"{hash}\"` (weak) for a list or report. Send it as `If-None-Match`.",
-                string(r#"^("v[0-9]+"|W/"[0-9a-f]{24}")$"#),
+                string_matching(r#"^("v[0-9]+"|W/"[0-9a-f]{24}")$"#),
             ),
         ),
         (
@@ -420,97 +290,8 @@ fn headers() -> Vec<(&'static str, Header)> {
             header(
                 "Where the body came from: `local` or `redis` (a cache tier), `replica-N` or \
                  `primary` (a database).",
-                string("^(local|redis|primary|replica-[0-9]+)$"),
+                string_matching("^(local|redis|primary|replica-[0-9]+)$"),
             ),
-        ),
-        (
-            "Retry-After",
-            header("Seconds to wait before retrying.", string("^[0-9]+$")),
-        ),
-        (
-            "WWW-Authenticate",
-            header(
-                "The bearer challenge (RFC 6750), e.g. `Bearer error=\"invalid_token\"` or \
-                 `Bearer error=\"insufficient_scope\", scope=\"read\"`.",
-                string("^Bearer"),
-            ),
-        ),
-        (
-            "RateLimit",
-            header(
-                "What is left of the quota (draft-ietf-httpapi-ratelimit-headers): \
-                 `\"<class>\";r=<remaining>;t=<seconds until the full burst is back>`.",
-                string(r#"^"[^"]+";r=[0-9]+;t=[0-9]+$"#),
-            ),
-        ),
-        (
-            "RateLimit-Policy",
-            header(
-                "The quota (draft-ietf-httpapi-ratelimit-headers): \
-                 `\"<class>\";q=<burst>;w=<window seconds>`.",
-                string(r#"^"[^"]+";q=[0-9]+;w=[0-9]+$"#),
-            ),
-        ),
-    ]
-}
-
-fn problem(description: &str) -> ResponseBuilder {
-    ResponseBuilder::new().description(description).content(
-        PROBLEM_JSON,
-        ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name("Problem")))
-            .build(),
-    )
-}
-
-/// The responses every API operation shares.
-fn shared_responses() -> Vec<(&'static str, Response)> {
-    vec![
-        (
-            "Unauthorized",
-            problem(
-                "No bearer token, or one that is malformed, expired, not yet valid or not \
-                 signed by a trusted key.",
-            )
-            .header_ref("WWW-Authenticate", header_ref("WWW-Authenticate"))
-            .build(),
-        ),
-        (
-            "Forbidden",
-            problem(&format!(
-                "The token is valid but lacks the `{REQUIRED_SCOPE}` scope."
-            ))
-            .header_ref("WWW-Authenticate", header_ref("WWW-Authenticate"))
-            .build(),
-        ),
-        (
-            "TooManyRequests",
-            problem("The client's rate limit is exhausted (`/problems/rate-limited`).")
-                .header_ref("Retry-After", header_ref("Retry-After"))
-                .header_ref("RateLimit", header_ref("RateLimit"))
-                .header_ref("RateLimit-Policy", header_ref("RateLimit-Policy"))
-                .build(),
-        ),
-        (
-            "InternalServerError",
-            problem(
-                "The read model could not be queried (a failed query or a row that does not \
-                 decode); the problem says no more.",
-            )
-            .build(),
-        ),
-        (
-            "ServiceUnavailable",
-            problem(
-                "Try again later: no read database answered in time \
-                 (`/problems/read-model-unavailable`); with a `consistency-token`, none caught \
-                 up with it within `CONSISTENT_READ_TIMEOUT_MS` \
-                 (`/problems/not-yet-consistent`); or the protection layer refused the request \
-                 (`/problems/overloaded`, `/problems/deadline-exceeded`, \
-                 `/problems/rate-limiter-unavailable`).",
-            )
-            .header_ref("Retry-After", header_ref("Retry-After"))
-            .build(),
         ),
     ]
 }
@@ -559,7 +340,7 @@ mod tests {
 
     #[actix_web::test]
     async fn serves_the_generated_document_as_json() {
-        let app = init_service(App::new().configure(crate::routes::configure)).await;
+        let app = init_service(App::new().configure(crate::routes::public)).await;
         let response =
             call_service(&app, TestRequest::get().uri("/openapi.json").to_request()).await;
         assert_eq!(response.status(), 200);
@@ -821,6 +602,8 @@ mod tests {
             "postgres://app:app@127.0.0.1:1/app",
             vec!["postgres://app:app@127.0.0.1:1/app".to_owned()],
             "redis://127.0.0.1:1/",
+            access_control::AuthConfig::hs256("a secret of at least thirty-two bytes", "i", "a")
+                .expect("secret"),
         );
         let state = crate::startup::State::new(&config).expect("state");
         let response = crate::routes::health::ready(
@@ -849,31 +632,5 @@ mod tests {
         actix_web::body::to_bytes(response.into_body())
             .await
             .unwrap_or_default()
-    }
-
-    #[test]
-    fn problem_mirror_matches_the_real_type() {
-        let doc = generated();
-        let real = problem_details::Problem::typed(
-            actix_web::http::StatusCode::BAD_REQUEST,
-            "/problems/invalid-query",
-            "Invalid query parameter",
-        )
-        .with_detail("limit: must be at least 1")
-        .with_field_errors(vec![problem_details::FieldError {
-            field: "limit".to_owned(),
-            detail: "must be at least 1".to_owned(),
-        }]);
-        let json = serde_json::to_value(&real).expect("json");
-        assert_eq!(keys(&json), properties(&doc, "Problem"));
-        assert_eq!(keys(&json["errors"][0]), properties(&doc, "FieldError"));
-        let minimal = serde_json::to_value(problem_details::Problem::new(
-            actix_web::http::StatusCode::NOT_FOUND,
-        ))
-        .expect("json");
-        let required: BTreeSet<String> =
-            serde_json::from_value(doc["components"]["schemas"]["Problem"]["required"].clone())
-                .expect("required");
-        assert_eq!(required, keys(&minimal));
     }
 }

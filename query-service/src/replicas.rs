@@ -137,6 +137,11 @@ impl Database {
 
     /// `replica-1`, `replica-2`, ... or `primary`: the `x-read-source`
     /// header and the metric label.
+    /// The pool reads use, for its connection counts in `/metrics`.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }
@@ -621,6 +626,7 @@ mod tests {
                     .map(|port| format!("postgres://app:app@127.0.0.1:{port}/app"))
                     .collect(),
                 "redis://127.0.0.1:1/",
+                crate::config::test_auth(),
             )
         };
         let router = ReadRouter::new(&config).expect("valid urls");

@@ -4,11 +4,13 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use access_control::Scope;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use schema::views::{ORDER_SUMMARY_KEY_PREFIX, PRODUCT_KEY_PREFIX};
 use service_runtime::shutdown::CancellationToken;
 use tracing_actix_web::TracingLogger;
+use traffic_control::{ApiProtection, RouteClass, TraceRootSpan};
 
 use crate::cache::{self, Caches, DocumentCache, Feed, RedisTier};
 use crate::config::Config;
@@ -32,6 +34,8 @@ pub enum StartupError {
     InvalidRedisUrl(#[source] redis::RedisError),
     #[error("cannot register metrics")]
     Metrics(#[source] prometheus::Error),
+    #[error("cannot build the protection layer")]
+    Protection(#[from] traffic_control::ProtectionError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -128,15 +132,28 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr).map_err(bind_error)?;
         let port = listener.local_addr().map_err(bind_error)?.port();
 
+        let protection = ApiProtection::new(
+            &config.protection,
+            &config.rate_limits,
+            &config.redis_url,
+            &config.auth,
+            state.metrics.registry(),
+        )?;
         let shared = state.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<TraceRootSpan>::new())
+                .wrap(protection.request_metrics())
                 .app_data(problem_details::json_config(JSON_BODY_LIMIT))
                 .app_data(problem_details::path_config())
                 .app_data(problem_details::query_config())
                 .configure(|cfg| shared.register(cfg))
-                .configure(routes::configure)
+                .configure(routes::public)
+                .service(protection.guard(
+                    web::scope("").configure(routes::api),
+                    Scope::Read,
+                    RouteClass::Reads,
+                ))
                 .default_service(web::to(problem_details::route_not_found))
         })
         // The process-wide CancellationToken is the only shutdown signal;
@@ -215,6 +232,7 @@ mod tests {
                 "postgres://app:app@127.0.0.1:1/app",
                 vec!["postgres://app:app@127.0.0.1:2/app".to_owned()],
                 "redis://127.0.0.1:1/",
+                crate::config::test_auth(),
             )
         };
         let app = Application::build(config).await.expect("build");
@@ -248,12 +266,18 @@ mod tests {
             "postgres://app:app@127.0.0.1:1/app",
             vec!["postgres://app@127.0.0.1:notaport/app".to_owned()],
             "redis://127.0.0.1:1/",
+            crate::config::test_auth(),
         );
         assert!(matches!(
             Application::build(bad_db).await,
             Err(StartupError::InvalidDatabaseUrl(_))
         ));
-        let bad_redis = Config::new("postgres://app:app@127.0.0.1:1/app", vec![], "nope://");
+        let bad_redis = Config::new(
+            "postgres://app:app@127.0.0.1:1/app",
+            vec![],
+            "nope://",
+            crate::config::test_auth(),
+        );
         assert!(matches!(
             Application::build(bad_redis).await,
             Err(StartupError::InvalidRedisUrl(_))

@@ -34,3 +34,50 @@ pub fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOp
             })
         })
 }
+
+/// Connection counts of the service's pools, sampled when `/metrics` is
+/// scraped: `db_pool_connections{pool, state="in_use"|"idle"}` and
+/// `db_pool_max_connections{pool}`. A pool whose `in_use` sits at its max is
+/// the one requests wait for (and, past the acquire timeout, fail on with a
+/// retryable 503).
+#[derive(Clone)]
+pub struct PoolMetrics {
+    connections: prometheus::IntGaugeVec,
+    max: prometheus::IntGaugeVec,
+}
+
+impl PoolMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            connections: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new("db_pool_connections", "Pooled connections by state"),
+                &["pool", "state"],
+            )?,
+            max: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new("db_pool_max_connections", "Size limit of the pool"),
+                &["pool"],
+            )?,
+        })
+    }
+
+    /// Registers the collectors in the application's own registry.
+    pub fn register(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.connections.clone()))?;
+        registry.register(Box::new(self.max.clone()))
+    }
+
+    /// Records the current counts of `pool` under the label `name`.
+    pub fn observe(&self, name: &str, pool: &sqlx::PgPool) {
+        let open = i64::from(pool.size());
+        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+        self.connections
+            .with_label_values(&[name, "in_use"])
+            .set((open - idle).max(0));
+        self.connections
+            .with_label_values(&[name, "idle"])
+            .set(idle);
+        self.max
+            .with_label_values(&[name])
+            .set(i64::from(pool.options().get_max_connections()));
+    }
+}

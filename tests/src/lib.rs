@@ -42,7 +42,7 @@ pub struct Stack {
 
 /// The HS256 secret the test services verify tokens with (in-process
 /// services get it through [`auth_config`], spawned binaries through
-/// [`auth_env`]).
+/// [`protection_env`]).
 pub const JWT_SECRET: &str = "e2e-test-secret-e2e-test-secret-0123456789";
 pub const JWT_ISSUER: &str = "e2e-tests";
 pub const JWT_AUDIENCE: &str = "cqrs-skeleton";
@@ -52,13 +52,18 @@ pub fn auth_config() -> access_control::AuthConfig {
     access_control::AuthConfig::hs256(JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE).expect("test secret")
 }
 
-/// The same settings as environment variables, for spawned service binaries.
-pub fn auth_env() -> [(&'static str, &'static str); 4] {
+/// The settings in-process services get from [`auth_config`] and
+/// [`generous_rate_limits`], as environment variables for spawned service
+/// binaries.
+pub fn protection_env() -> [(&'static str, &'static str); 7] {
     [
         ("JWT_ALGORITHM", "HS256"),
         ("JWT_SECRET", JWT_SECRET),
         ("JWT_ISSUER", JWT_ISSUER),
         ("JWT_AUDIENCE", JWT_AUDIENCE),
+        ("RATE_LIMIT_COMMANDS", "1000000/s"),
+        ("RATE_LIMIT_READS", "1000000/s"),
+        ("RATE_LIMIT_ADMIN", "1000000/s"),
     ]
 }
 
@@ -79,6 +84,25 @@ pub fn token(
         },
     )
     .expect("issue token")
+}
+
+/// Rate limits of the shared test stack: every class on (so every request
+/// goes through the limiter's Redis round trip, as in production) but far
+/// above what any test sends through its one token; tests of the limits
+/// themselves start services of their own with low ones.
+pub fn generous_rate_limits() -> traffic_control::RateLimitConfig {
+    let policy = |class| traffic_control::RateLimitPolicy {
+        class,
+        rate: 1_000_000,
+        period: Duration::from_secs(1),
+        burst: 1_000_000,
+    };
+    traffic_control::RateLimitConfig {
+        commands: Some(policy("commands")),
+        reads: Some(policy("reads")),
+        admin: Some(policy("admin")),
+        ..traffic_control::RateLimitConfig::default()
+    }
 }
 
 /// A client whose requests carry a token with every scope (a trusted
@@ -260,7 +284,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the repo")
@@ -435,6 +459,10 @@ fn run_services(
                     append_workers: 2,
                     idempotency_ttl: Duration::from_secs(3600),
                     topics: topics.clone(),
+                    redis_url: redis_url.clone(),
+                    auth: auth_config(),
+                    protection: traffic_control::ProtectionConfig::default(),
+                    rate_limits: generous_rate_limits(),
                     relay: command_service::config::RelayConfig {
                         enabled: services.relay,
                         batch_size: 500,
@@ -465,6 +493,9 @@ fn run_services(
                             retention_months: 0,
                             interval: Duration::from_secs(3600),
                         },
+                        auth: auth_config(),
+                        protection: traffic_control::ProtectionConfig::default(),
+                        rate_limits: generous_rate_limits(),
                     })
                     .await
                     .expect("projector builds"),
@@ -522,8 +553,9 @@ impl CommandServiceProcess {
             .open(log_path)
             .expect("log file");
         let child = Command::new(workspace_binary("command-service"))
-            .envs(auth_env())
+            .envs(protection_env())
             .env("PRIMARY_DATABASE_URL", &stack.primary_url)
+            .env("REDIS_URL", &stack.redis_url)
             .env("KAFKA_BROKERS", &stack.brokers)
             .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
             .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -563,7 +595,7 @@ pub fn projector_cli(args: &[&str], env: &[(&str, &str)]) -> String {
     let stack = STACK.get().expect("start the stack first");
     let output = Command::new(workspace_binary("projector"))
         .args(args)
-        .envs(auth_env())
+        .envs(protection_env())
         .env("PRIMARY_DATABASE_URL", &stack.primary_url)
         .env("REDIS_URL", &stack.redis_url)
         .env("PROJECTOR_GROUP_ID", "projector")
@@ -602,7 +634,7 @@ impl ProjectorProcess {
             .open(log_path)
             .expect("log file");
         let child = Command::new(workspace_binary("projector"))
-            .envs(auth_env())
+            .envs(protection_env())
             .env("PRIMARY_DATABASE_URL", &stack.primary_url)
             .env("REDIS_URL", &stack.redis_url)
             .env("KAFKA_BROKERS", &stack.brokers)
@@ -840,7 +872,8 @@ fn query_service_config(
     query_service::config::Config {
         http_addr: "127.0.0.1:0".parse().expect("socket address"),
         replica_check_interval: Duration::from_millis(100),
-        ..query_service::config::Config::new(primary_url, replica_urls, redis_url)
+        rate_limits: generous_rate_limits(),
+        ..query_service::config::Config::new(primary_url, replica_urls, redis_url, auth_config())
     }
 }
 

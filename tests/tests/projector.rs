@@ -59,7 +59,9 @@ fn admin(path: &str) -> String {
 
 /// The parked letters of aggregate `id`, from the admin API.
 async fn letters_of(id: Uuid) -> Vec<Value> {
-    let all: Vec<Value> = reqwest::get(admin("/admin/dead-letters"))
+    let all: Vec<Value> = e2e_tests::client()
+        .get(admin("/admin/dead-letters"))
+        .send()
         .await
         .unwrap()
         .json()

@@ -12,8 +12,7 @@ use uuid::Uuid;
 
 async fn create_product() -> (Uuid, i64) {
     let body =
-        e2e_tests::create_product(&e2e_tests::client(), &stack().command_url, "Relay probe")
-            .await;
+        e2e_tests::create_product(&e2e_tests::client(), &stack().command_url, "Relay probe").await;
     (
         body["aggregate_id"].as_str().unwrap().parse().unwrap(),
         body["position"].as_i64().unwrap(),

@@ -151,3 +151,13 @@ mod tests {
         ));
     }
 }
+
+impl Default for ProtectionConfig {
+    /// The documented defaults, as with no variable set.
+    fn default() -> Self {
+        Self {
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}

@@ -61,7 +61,12 @@
 //! // the in-flight semaphore and the Redis connection must be shared by all
 //! // workers, not one per worker.
 //! let in_flight = InFlightLimit::new(protection.max_in_flight, &shed);
-//! let limiter = RateLimiter::new(redis_url, limits.redis_timeout, limits.on_redis_error)?;
+//! // The application's circuit-breaker collectors: one per registry, shared
+//! // by all its breakers (the limiter's is `redis-rate-limit`).
+//! let breakers = service_runtime::breaker::BreakerMetrics::new();
+//! breakers.register(registry)?;
+//! let limiter = RateLimiter::new(redis_url, limits.redis_timeout, limits.on_redis_error)?
+//!     .with_breaker(limits.breaker, &breakers);
 //! limiter.metrics().register(registry)?;
 //!
 //! HttpServer::new(move || {
@@ -89,6 +94,7 @@
 //! [`RateLimitMetrics`]), so each service — and each app a test builds —
 //! registers into its own registry instead of a process-global one.
 
+pub mod api;
 pub mod config;
 pub mod deadline;
 pub mod http_metrics;
@@ -101,6 +107,7 @@ mod problem;
 #[cfg(test)]
 mod testing;
 
+pub use api::{ApiProtection, ProtectionError, RouteClass};
 pub use config::ProtectionConfig;
 pub use deadline::{Deadline, DeadlineMetrics};
 pub use http_metrics::{HttpMetrics, RequestMetrics};

@@ -1,6 +1,7 @@
 //! `GET /customers/{id}/orders`: a customer's order history in a time range,
 //! a page at a time.
 
+use access_control::Principal;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -105,12 +106,16 @@ this system (`/problems/invalid-consistency-token`).", body = crate::openapi::Pr
 )]
 pub async fn list_orders(
     request: HttpRequest,
+    principal: Principal,
     path: web::Path<Uuid>,
     query: web::Query<HistoryQuery>,
     router: web::Data<ReadRouter>,
     metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, QueryError> {
     let customer_id = path.into_inner();
+    if !principal.may_access_customer(customer_id) {
+        return Err(QueryError::ForbiddenCustomer);
+    }
     // Postgres keeps microseconds; echoing finer defaults would name bounds
     // the query did not use.
     let now = Utc::now().trunc_subsecs(6);

@@ -11,15 +11,21 @@ pub mod orders;
 pub mod products;
 pub mod reports;
 
-/// Registers every route. The app must also hold the shared state
+/// Registers the read API (behind the protection layer: a `read` token,
+/// rate limits, shedding). The app must also hold the shared state
 /// ([`crate::startup::State::register`]).
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn api(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/orders/{id}", orders::get_order))
         .service(get("/customers/{id}/orders", customers::list_orders))
         .service(get("/products", products::list_products))
         .service(get("/products/{id}", products::get_product))
-        .service(get("/reports/daily-sales", reports::daily_sales))
-        .service(get("/health/live", health::live))
+        .service(get("/reports/daily-sales", reports::daily_sales));
+}
+
+/// Registers what must answer without a token and under load: probes,
+/// metrics and the API document.
+pub fn public(cfg: &mut web::ServiceConfig) {
+    cfg.service(get("/health/live", health::live))
         .service(get("/health/ready", health::ready))
         .service(get("/metrics", crate::metrics::scrape))
         .service(get("/openapi.json", crate::openapi::serve));
@@ -117,7 +123,7 @@ mod tests {
 
     use actix_web::http::header::HeaderMap;
     use actix_web::http::{header, StatusCode};
-    use actix_web::{test, web, App};
+    use actix_web::{test, web, App, HttpMessage};
     use serde_json::Value;
 
     use crate::config::Config;
@@ -131,6 +137,7 @@ mod tests {
                 "postgres://app:app@127.0.0.1:1/app",
                 vec!["postgres://app:app@127.0.0.1:1/app".to_owned()],
                 "redis://127.0.0.1:1/",
+                crate::config::test_auth(),
             )
         };
         let state = State::new(&config).expect("state");
@@ -141,7 +148,8 @@ mod tests {
                 .app_data(problem_details::path_config())
                 .app_data(problem_details::query_config())
                 .configure(|cfg| state.register(cfg))
-                .configure(super::configure)
+                .configure(super::public)
+                .configure(super::api)
                 .default_service(web::to(problem_details::route_not_found)),
         )
         .await;
@@ -149,6 +157,13 @@ mod tests {
             .method(method.parse().expect("method"))
             .uri(uri)
             .to_request();
+        // What the auth layer (not built here) leaves for the handlers: a
+        // back-office token, not limited to one customer.
+        req.extensions_mut().insert(access_control::Principal {
+            subject: "tests".to_owned(),
+            scopes: access_control::Scope::ALL.into_iter().collect(),
+            customer_id: None,
+        });
         let response = test::call_service(&app, req).await;
         let (status, headers) = (response.status(), response.headers().clone());
         let body = test::read_body(response).await;

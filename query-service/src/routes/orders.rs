@@ -1,10 +1,11 @@
 //! `GET /orders/{id}`: an order summary, from the caches or a database.
 
+use access_control::Principal;
 use actix_web::{web, HttpRequest, HttpResponse};
 use schema::views::order_summary_key;
 use uuid::Uuid;
 
-use crate::cache::Caches;
+use crate::cache::{Caches, Document};
 use crate::conditional::{self, PRIVATE_REVALIDATE};
 use crate::consistency::Aggregate;
 use crate::error::QueryError;
@@ -39,6 +40,7 @@ use crate::replicas::ReadRouter;
 )]
 pub async fn get_order(
     request: HttpRequest,
+    principal: Principal,
     path: web::Path<Uuid>,
     caches: web::Data<Caches>,
     router: web::Data<ReadRouter>,
@@ -51,20 +53,40 @@ pub async fn get_order(
         Aggregate::Order,
         order_id,
     )?;
+    let not_found = || QueryError::NotFound {
+        resource: "order",
+        id: order_id.to_string(),
+    };
     let served = reads::document(&caches.orders, &router, read, |pool| async move {
         reads::as_document(read_model::order_summary(&pool, order_id).await?, |s| {
             s.version
         })
     })
     .await?
-    .ok_or_else(|| QueryError::NotFound {
-        resource: "order",
-        id: order_id.to_string(),
-    })?;
+    .ok_or_else(not_found)?;
+    if !visible_to(&principal, &served.value) {
+        return Err(not_found());
+    }
     metrics.read("orders", &served.from);
     Ok(conditional::respond_document(
         &request,
         served,
         PRIVATE_REVALIDATE,
     ))
+}
+
+/// Object-level authorization: a customer token sees only its own orders.
+/// Another customer's order is answered 404, as if it did not exist, so
+/// probing ids reveals nothing. Only customer tokens pay for reading the
+/// owner out of the cached body.
+fn visible_to(principal: &Principal, document: &Document) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Owner {
+        customer_id: Uuid,
+    }
+    match principal.customer_id {
+        None => true,
+        Some(customer) => serde_json::from_slice::<Owner>(&document.body)
+            .is_ok_and(|owner| owner.customer_id == customer),
+    }
 }

@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::auth;
 use crate::stats::{latency_histogram, Latency, Measurement};
 
 /// Name of the measurement in reports.
@@ -36,6 +37,8 @@ pub struct AppendOptions {
 pub enum AppendError {
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Token(#[from] auth::TokenError),
     #[error("creating the benchmark product failed with {status}: {body}")]
     Setup {
         status: reqwest::StatusCode,
@@ -117,12 +120,11 @@ pub async fn run(options: &AppendOptions) -> Result<Measurement, AppendError> {
     })
 }
 
-fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+fn client() -> Result<reqwest::Client, AppendError> {
+    Ok(auth::authorized_client()?
         .pool_max_idle_per_host(1)
-        .no_proxy()
         .timeout(Duration::from_secs(30))
-        .build()
+        .build()?)
 }
 
 async fn create_product(client: &reqwest::Client, base: &str) -> Result<Uuid, AppendError> {

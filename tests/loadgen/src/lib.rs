@@ -7,6 +7,7 @@
 //! generated sections of `docs/BENCHMARKS.md`.
 
 pub mod append;
+pub mod auth;
 pub mod catchup;
 pub mod machine;
 pub mod pgbench;

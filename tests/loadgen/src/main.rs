@@ -20,6 +20,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Closed-loop command appends (price changes, one product per client).
+    /// Against a stack from `deploy/local/stack up` the services' rate limits
+    /// apply, keyed by loadgen's one token (commands: 100/s by default):
+    /// start it with `RATE_LIMIT_COMMANDS=1000000/s` to measure beyond that.
     Append {
         #[arg(long, env = "COMMAND_URL", default_value = "http://127.0.0.1:18080")]
         url: String,
@@ -153,7 +156,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if command.calls_api() {
+        // The run's one token, minted now so that a missing JWT
+        // configuration fails before any service or baseline starts.
+        loadgen::auth::token()?;
+    }
+    match command {
         Command::Append {
             url,
             clients,
@@ -277,6 +286,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+impl Command {
+    /// Whether the command sends requests to API routes, which need
+    /// loadgen's bearer token.
+    fn calls_api(&self) -> bool {
+        match self {
+            Self::Append { .. } | Self::WritePath { .. } | Self::QueryReads { .. } => true,
+            // Only /health and /metrics, which are public.
+            Self::ProjectorCatchup { .. } | Self::BareServer { .. } => false,
+        }
+    }
 }
 
 /// command-service and the projector, which a benchmark starts and stops

@@ -13,7 +13,10 @@
 //! threads): a load generator written with this crate's async client would
 //! need about a core of its own for this request rate, on a 2-core machine
 //! that also runs the server under test. A Lua script picks a random order
-//! of the seeded set for every request.
+//! of the seeded set for every request. Every request carries loadgen's
+//! bearer token (`wrk -H`), the bare handler's too, so both servers parse the
+//! same request; only query-service verifies it (and meters it against its
+//! rate limit, set far above this load: see [`crate::service::RATE_LIMITS`]).
 //!
 //! The orders are placed through command-service and projected by the
 //! projector (topics of their own, a fresh consumer group), so Redis and the
@@ -39,6 +42,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+use crate::auth;
 use crate::machine::Machine;
 use crate::pgbench::{self, PK_SELECT};
 use crate::procfs::{self, CpuSnapshot, CpuUsage, Processes};
@@ -225,6 +229,10 @@ pub async fn run(
         .map(str::to_owned)
         .collect();
     settings.insert("replicas".to_owned(), replica_list.len().to_string());
+    settings.insert(
+        "RATE_LIMIT_READS".to_owned(),
+        crate::service::UNLIMITED_RATE.to_owned(),
+    );
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let prefix = format!("query-reads-{run_id}");
 
@@ -256,8 +264,7 @@ pub async fn run(
     )
     .await?;
 
-    let client = reqwest::Client::builder()
-        .no_proxy()
+    let client = auth::authorized_client()?
         .timeout(Duration::from_secs(30))
         .build()?;
     let customers: Vec<Uuid> = (0..CUSTOMERS).map(|_| Uuid::new_v4()).collect();
@@ -371,6 +378,7 @@ pub async fn run(
         ids_file: ids_file.clone(),
         connections: options.connections,
         threads: options.threads,
+        authorization: auth::authorization()?,
     };
     let mut reps = Repetitions::new(options.repetitions);
     for repetition in 1..=options.repetitions {
@@ -872,8 +880,11 @@ async fn tool_versions() -> BTreeMap<String, String> {
 
 /// Picks a random order of the ids file (first argument) for every request;
 /// with `no-cache` (second argument) every request carries
-/// `Cache-Control: no-cache`. Requests are formatted once per thread. At the
-/// end one JSON line with the counts and the latency percentiles (µs).
+/// `Cache-Control: no-cache`. Every request carries the `-H` headers
+/// (`Authorization`): `wrk.format` only adds `wrk.headers` when it is given
+/// no header table of its own, so the script starts from a copy of them.
+/// Requests are formatted once per thread. At the end one JSON line with
+/// the counts and the latency percentiles (µs).
 const WRK_SCRIPT: &str = r#"-- written by `loadgen query-reads`
 local threads = 0
 function setup(thread)
@@ -884,6 +895,9 @@ end
 local prepared = {}
 function init(args)
   local headers = {}
+  for name, value in pairs(wrk.headers) do
+    headers[name] = value
+  end
   if args[2] == "no-cache" then
     headers["Cache-Control"] = "no-cache"
   end
@@ -974,6 +988,8 @@ struct Wrk {
     ids_file: PathBuf,
     connections: usize,
     threads: usize,
+    /// The `Authorization` header's value, sent to every server measured.
+    authorization: String,
 }
 
 impl Wrk {
@@ -1008,6 +1024,7 @@ impl Wrk {
             .args(["-t", &self.threads.to_string()])
             .args(["-c", &self.connections.to_string()])
             .args(["-d", &format!("{}s", duration.as_secs().max(1))])
+            .args(["-H", &format!("Authorization: {}", self.authorization)])
             .args(["--timeout", "10s", "-s"])
             .arg(&self.script)
             .arg(base_url.trim_end_matches('/'))
@@ -1178,7 +1195,10 @@ fn parse_redis_csv(text: &str) -> Option<RedisRow> {
 /// The bare actix-web baseline: `GET /orders/{id}` (the id parsed as a
 /// UUID, as query-service's route does) answered with `body` as JSON, no
 /// middleware, no I/O; actix's default worker count (one per core), as
-/// query-service. Run as `loadgen bare-server` in a process of its own.
+/// query-service. It gets the same requests, `Authorization` header
+/// included, but does not verify the token: that and the rate limit are
+/// part of what query-service costs over it. Run as `loadgen bare-server` in
+/// a process of its own.
 pub async fn bare_server(addr: SocketAddr, body: Vec<u8>) -> anyhow::Result<()> {
     let body = web::Bytes::from(body);
     HttpServer::new(move || {

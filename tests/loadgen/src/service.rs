@@ -1,12 +1,30 @@
 //! Starting and stopping a service binary for a benchmark phase, with its
 //! configuration taken from the environment (`eval "$(deploy/local/stack env)"`)
-//! plus per-phase overrides such as `RELAY_ENABLED=false`.
+//! plus per-phase overrides such as `RELAY_ENABLED=false`, and rate limits
+//! that never bite ([`RATE_LIMITS`]).
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
+
+/// Rate limit of every class for the services started here: far above any
+/// benchmark's load, so the limiter (and its Redis round trip) stays in the
+/// measured path, as in production, but never rejects.
+pub const UNLIMITED_RATE: &str = "1000000/s";
+
+/// Set on every service started here, before the per-phase overrides. The
+/// bursts too, so that a `RATE_LIMIT_*_BURST` in the caller's environment
+/// cannot bring a small bucket back.
+pub const RATE_LIMITS: [(&str, &str); 6] = [
+    ("RATE_LIMIT_COMMANDS", UNLIMITED_RATE),
+    ("RATE_LIMIT_COMMANDS_BURST", "1000000"),
+    ("RATE_LIMIT_READS", UNLIMITED_RATE),
+    ("RATE_LIMIT_READS_BURST", "1000000"),
+    ("RATE_LIMIT_ADMIN", UNLIMITED_RATE),
+    ("RATE_LIMIT_ADMIN_BURST", "1000000"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -41,8 +59,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `binary` with the current environment plus `overrides`, its
-    /// log appended to `log`, and waits until `base_url/health/ready` is 200.
+    /// Starts `binary` with the current environment plus [`RATE_LIMITS`]
+    /// and `overrides`, its log appended to `log`, and waits until
+    /// `base_url/health/ready` is 200.
     pub async fn start(
         binary: PathBuf,
         overrides: &[(&str, &str)],
@@ -55,6 +74,7 @@ impl Service {
         };
         let mut command = Command::new(&binary);
         command
+            .envs(RATE_LIMITS)
             .envs(overrides.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(spawn_error)?)

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use service_runtime::breaker::BreakerSettings;
 use service_runtime::config::ConfigError;
 
 use super::RateLimitPolicy;
@@ -50,13 +51,19 @@ impl FromStr for OnRedisError {
 /// | `RATE_LIMIT_ADMIN_BURST`      | `10`         |                                          |
 /// | `RATE_LIMIT_ON_REDIS_ERROR`   | `open`       | `open` (admit) or `closed` (503)         |
 /// | `RATE_LIMIT_REDIS_TIMEOUT_MS` | `100`        | budget of one check, connection included |
+/// | `RATE_LIMIT_BREAKER_FAILURES` | `3`          | failed checks in a row that open the breaker |
+/// | `RATE_LIMIT_BREAKER_OPEN_MS`  | `1000`       | how long an open breaker skips Redis     |
+/// | `RATE_LIMIT_BREAKER_MAX_OPEN_MS` | the larger of `1000` and `RATE_LIMIT_BREAKER_OPEN_MS` | each failed probe doubles the open period up to this |
 ///
 /// When `RATE_LIMIT_<CLASS>` is set and `RATE_LIMIT_<CLASS>_BURST` is not,
 /// the burst is `n` (one period's worth). The defaults are per client (per
 /// authenticated subject, or per IP for anonymous requests): generous enough
 /// for a busy integration, low enough that one runaway client cannot occupy
 /// a whole instance; commands get a smaller budget than reads because each
-/// costs a Postgres transaction.
+/// costs a Postgres transaction. With the breaker's defaults a Redis outage
+/// costs one timed-out check per second per instance.
+///
+/// [`Default`] is the configuration with no variable set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitConfig {
     /// Policy of the `commands` class; `None` when `off`.
@@ -69,6 +76,9 @@ pub struct RateLimitConfig {
     pub on_redis_error: OnRedisError,
     /// Budget of one check, waiting for a connection included.
     pub redis_timeout: Duration,
+    /// The limiter's circuit breaker in front of Redis; give it to
+    /// [`RateLimiter::with_breaker`](super::RateLimiter::with_breaker).
+    pub breaker: BreakerSettings,
 }
 
 impl RateLimitConfig {
@@ -95,14 +105,32 @@ impl RateLimitConfig {
     };
     /// Default of `RATE_LIMIT_REDIS_TIMEOUT_MS`.
     pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+    /// Default breaker: 3 failed checks in a row open it for 1 s; then one
+    /// check per second probes Redis (the open period does not grow).
+    pub const DEFAULT_BREAKER: BreakerSettings = BreakerSettings {
+        failures_to_open: 3,
+        open_for: Duration::from_secs(1),
+        max_open_for: Duration::from_secs(1),
+    };
 
-    /// Reads the variables in the table above.
+    /// Reads the variables in the table above; the breaker's with
+    /// [`BreakerSettings::from_env`], like every breaker of the services.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(env_lookup)
+        Ok(Self {
+            breaker: BreakerSettings::from_env(
+                "RATE_LIMIT_BREAKER_FAILURES",
+                "RATE_LIMIT_BREAKER_OPEN_MS",
+                "RATE_LIMIT_BREAKER_MAX_OPEN_MS",
+                Self::DEFAULT_BREAKER,
+            )?,
+            ..Self::from_lookup(env_lookup)?
+        })
     }
 
     /// Like [`Self::from_env`], reading variables through `lookup` (tests pass
-    /// a map instead of mutating the process environment).
+    /// a map instead of mutating the process environment), except the
+    /// breaker's: [`BreakerSettings::from_env`] reads the process
+    /// environment only, so `breaker` is [`Self::DEFAULT_BREAKER`] here.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         Ok(Self {
             commands: policy(
@@ -129,7 +157,22 @@ impl RateLimitConfig {
                 "RATE_LIMIT_REDIS_TIMEOUT_MS",
                 Self::DEFAULT_REDIS_TIMEOUT.as_millis() as u64,
             )?),
+            breaker: Self::DEFAULT_BREAKER,
         })
+    }
+}
+
+impl Default for RateLimitConfig {
+    /// The documented defaults, as with no variable set.
+    fn default() -> Self {
+        Self {
+            commands: Some(Self::DEFAULT_COMMANDS),
+            reads: Some(Self::DEFAULT_READS),
+            admin: Some(Self::DEFAULT_ADMIN),
+            on_redis_error: OnRedisError::Open,
+            redis_timeout: Self::DEFAULT_REDIS_TIMEOUT,
+            breaker: Self::DEFAULT_BREAKER,
+        }
     }
 }
 
@@ -205,6 +248,29 @@ mod tests {
         assert_eq!(config.admin, Some(RateLimitConfig::DEFAULT_ADMIN));
         assert_eq!(config.on_redis_error, OnRedisError::Open);
         assert_eq!(config.redis_timeout, Duration::from_millis(100));
+        assert_eq!(config.breaker, RateLimitConfig::DEFAULT_BREAKER);
+        assert_eq!(config, RateLimitConfig::default());
+    }
+
+    #[test]
+    fn breaker_settings_come_from_the_environment() {
+        // Variable names no other test sets; `from_env` reads the process
+        // environment, so only the breaker's are set here.
+        std::env::set_var("RATE_LIMIT_BREAKER_FAILURES", "5");
+        std::env::set_var("RATE_LIMIT_BREAKER_OPEN_MS", "250");
+        let config = RateLimitConfig::from_env();
+        std::env::remove_var("RATE_LIMIT_BREAKER_FAILURES");
+        std::env::remove_var("RATE_LIMIT_BREAKER_OPEN_MS");
+        let breaker = config.expect("config").breaker;
+        assert_eq!(
+            breaker,
+            BreakerSettings {
+                failures_to_open: 5,
+                open_for: Duration::from_millis(250),
+                // The larger of the default maximum (1 s) and the open period.
+                max_open_for: Duration::from_secs(1),
+            }
+        );
     }
 
     #[test]

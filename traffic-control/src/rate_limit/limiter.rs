@@ -1,15 +1,17 @@
 //! The GCRA check in Redis, and the limiter's own connection to it.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use service_runtime::breaker::{Breaker, BreakerMetrics, BreakerSettings, BreakerState};
 use tokio::sync::Notify;
 
 use super::{
-    Decision, LimiterUnavailable, OnRedisError, RateLimitError, RateLimitMetrics, RateLimitPolicy,
+    Decision, LimiterUnavailable, OnRedisError, RateLimitConfig, RateLimitError, RateLimitMetrics,
+    RateLimitPolicy,
 };
 
 /// GCRA, check and update in one step (a script runs alone, so two instances
@@ -56,10 +58,6 @@ return {1, math.floor((now - allow_at) / interval), ttl_ms, 0}
 /// Prefix of the limiter's keys: `ratelimit:{class}:{client}`.
 pub(crate) const KEY_PREFIX: &str = "ratelimit";
 
-/// Consecutive failed checks after which Redis is left alone for a while.
-const FAILURES_TO_OPEN: u32 = 3;
-/// How long Redis is left alone; then one check probes it.
-const OPEN_FOR: Duration = Duration::from_secs(1);
 /// Budget of one connection attempt. Attempts run in the background, so
 /// this may exceed the per-check timeout; a check never waits longer than that.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -72,14 +70,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// first check, and re-made in the background after a failure
 /// ([`redis::aio::ConnectionManager`]); a check waits at most the timeout
 /// given to [`RateLimiter::new`], connection included, and answers
-/// [`Decision::Unavailable`] past it. After a few failures in a row Redis is
-/// not asked again for a second (one probe per second then), so an outage
-/// does not add the timeout to every request.
+/// [`Decision::Unavailable`] past it.
 ///
-/// Create it once per process and clone it: clones share the connection.
+/// Checks go through a circuit breaker ([`service_runtime::breaker`]) named
+/// [`RateLimiter::BREAKER_NAME`]: after a few failed checks in a row
+/// (`RATE_LIMIT_BREAKER_FAILURES`, default 3) Redis is not asked for a while
+/// (`RATE_LIMIT_BREAKER_OPEN_MS`, default 1 s) and checks answer
+/// [`LimiterUnavailable::CircuitOpen`] at once; then one check probes Redis,
+/// and its outcome closes the breaker or opens it again. So an outage does
+/// not add the timeout to every request. A check cancelled before Redis
+/// answers counts neither way.
+///
+/// Create it once per process and clone it: clones share the connection and
+/// the breaker.
 #[derive(Clone)]
 pub struct RateLimiter {
     inner: Arc<Inner>,
+    breaker: Breaker,
 }
 
 struct Inner {
@@ -95,15 +102,23 @@ struct Inner {
     script: Script,
     timeout: Duration,
     on_error: OnRedisError,
-    breaker: Breaker,
     metrics: RateLimitMetrics,
 }
 
 impl RateLimiter {
+    /// The `breaker` label of the limiter's circuit breaker in the
+    /// `circuit_breaker_*` metrics.
+    pub const BREAKER_NAME: &'static str = "redis-rate-limit";
+
     /// A limiter on the Redis at `redis_url`. Does no I/O: an unreachable
     /// Redis shows in [`RateLimiter::check`], not here. `timeout` bounds each
     /// check; `on_error` is what [`crate::RateLimit`] does when a check
     /// cannot complete.
+    ///
+    /// Its breaker has the default settings
+    /// ([`RateLimitConfig::DEFAULT_BREAKER`]) and reports to metrics no
+    /// registry holds; [`with_breaker`](Self::with_breaker) configures it
+    /// and puts it in the service's registry.
     pub fn new(
         redis_url: &str,
         timeout: Duration,
@@ -129,10 +144,31 @@ impl RateLimiter {
                 script: Script::new(GCRA),
                 timeout,
                 on_error,
-                breaker: Breaker::new(),
                 metrics: RateLimitMetrics::new().map_err(RateLimitError::Metrics)?,
             }),
+            breaker: Breaker::new(
+                Self::BREAKER_NAME,
+                RateLimitConfig::DEFAULT_BREAKER,
+                &BreakerMetrics::new(),
+            ),
         })
+    }
+
+    /// This limiter with a new breaker configured by `settings` (e.g.
+    /// [`RateLimitConfig::breaker`]) and reporting to `metrics`, the
+    /// application's (`circuit_breaker_state{breaker="redis-rate-limit"}`
+    /// and the other `circuit_breaker_*` series).
+    ///
+    /// Call it before cloning the limiter: clones made earlier keep the
+    /// breaker they were made with.
+    pub fn with_breaker(mut self, settings: BreakerSettings, metrics: &BreakerMetrics) -> Self {
+        self.breaker = Breaker::new(Self::BREAKER_NAME, settings, metrics);
+        self
+    }
+
+    /// The circuit breaker in front of Redis.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// What happens to a request when a check answers
@@ -154,14 +190,16 @@ impl RateLimiter {
     /// because the caller's only choice then is [`OnRedisError`].
     pub async fn check(&self, policy: &RateLimitPolicy, client_key: &str) -> Decision {
         let inner = &self.inner;
-        if !inner.breaker.admits() {
+        // Dropped without a verdict if this future is cancelled (say, at the
+        // request's deadline): that says nothing about Redis.
+        let Some(permit) = self.breaker.try_acquire() else {
             return Decision::Unavailable(LimiterUnavailable::CircuitOpen);
-        }
+        };
         let key = format!("{KEY_PREFIX}:{}:{client_key}", policy.class);
         let outcome = tokio::time::timeout(inner.timeout, self.evaluate(&key, policy)).await;
         let failure = match outcome {
             Ok(Ok(reply)) => {
-                inner.breaker.record_success();
+                permit.success();
                 return reply.into_decision();
             }
             Ok(Err(error)) => error,
@@ -170,9 +208,18 @@ impl RateLimiter {
             },
         };
         // Debug only: during an outage this would be one line per request;
-        // the breaker logs the outage once.
+        // the breaker logs its transitions, and the failure that opens it is
+        // logged below.
         tracing::debug!(error = %failure, class = policy.class, "rate-limit check failed");
-        inner.breaker.record_failure(&failure);
+        let before = self.breaker.state();
+        permit.failure();
+        if before == BreakerState::Closed && self.breaker.state() == BreakerState::Open {
+            tracing::warn!(
+                error = %failure,
+                breaker = Self::BREAKER_NAME,
+                "rate limiter cannot reach redis; checks skip it while the breaker is open"
+            );
+        }
         Decision::Unavailable(failure)
     }
 
@@ -274,73 +321,6 @@ impl Reply {
 
 fn millis(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-/// Stops asking an unreachable Redis for a while: after
-/// [`FAILURES_TO_OPEN`] failures in a row, checks fail at once for
-/// [`OPEN_FOR`], then one check probes Redis per [`OPEN_FOR`] until one
-/// succeeds.
-struct Breaker {
-    epoch: Instant,
-    consecutive_failures: AtomicU32,
-    /// Milliseconds since `epoch` before which checks do not go to Redis.
-    open_until: AtomicU64,
-}
-
-impl Breaker {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            consecutive_failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn admits(&self) -> bool {
-        let now = self.now_ms();
-        let until = self.open_until.load(Ordering::Acquire);
-        if now < until {
-            return false;
-        }
-        if self.consecutive_failures.load(Ordering::Acquire) < FAILURES_TO_OPEN {
-            return true;
-        }
-        // Half-open: whoever moves the window first is the probe; everyone
-        // else waits for the probe's outcome without asking Redis.
-        self.open_until
-            .compare_exchange(
-                until,
-                now + OPEN_FOR.as_millis() as u64,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-    }
-
-    fn record_success(&self) {
-        if self.consecutive_failures.swap(0, Ordering::AcqRel) >= FAILURES_TO_OPEN {
-            tracing::info!("rate limiter reaches redis again");
-        }
-    }
-
-    fn record_failure(&self, error: &LimiterUnavailable) {
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures == FAILURES_TO_OPEN {
-            self.open_until.store(
-                self.now_ms() + OPEN_FOR.as_millis() as u64,
-                Ordering::Release,
-            );
-            tracing::warn!(
-                %error,
-                "rate limiter cannot reach redis; probing once per {} ms until it can",
-                OPEN_FOR.as_millis()
-            );
-        }
-    }
 }
 
 #[cfg(test)]

@@ -110,8 +110,10 @@ pub enum LimiterUnavailable {
     /// Redis answered with an error, or the connection failed mid-call.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// Recent calls failed, so Redis is not asked again for a moment: an
-    /// outage costs one timeout per second per instance, not one per request.
+    /// The limiter's circuit breaker (`redis-rate-limit`) is open: recent
+    /// checks failed, so Redis is not asked for a moment. An outage costs one
+    /// probe per open period per instance (1 s by default), not a timeout
+    /// per request.
     #[error("redis recently unreachable; not retried yet")]
     CircuitOpen,
 }

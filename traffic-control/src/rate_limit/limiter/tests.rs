@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::{Encoder, Registry, TextEncoder};
+
 use super::*;
 use crate::testing::{black_hole, free_port, RedisServer};
 
@@ -183,6 +185,160 @@ async fn unreachable_redis_is_unavailable_within_the_timeout() {
         limiter.check(&policy(10, 5), "erin").await,
         Decision::Unavailable(LimiterUnavailable::CircuitOpen)
     ));
+    assert_eq!(limiter.breaker().name(), "redis-rate-limit");
+    assert_eq!(limiter.breaker().state(), BreakerState::Open);
+}
+
+/// The value of `series` in the text exposition of `registry`.
+fn sample(registry: &Registry, series: &str) -> Option<f64> {
+    let mut text = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut text)
+        .expect("encode");
+    String::from_utf8(text)
+        .expect("utf-8")
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn an_open_breaker_answers_at_once_then_lets_one_probe_through() {
+    // Redis hangs: every check that reaches it costs the whole timeout.
+    let (_listener, url) = black_hole();
+    let open_for = Duration::from_millis(300);
+    let registry = Registry::new();
+    let breakers = BreakerMetrics::new();
+    breakers.register(&registry).expect("register");
+    let limiter = limiter(&url).with_breaker(
+        BreakerSettings {
+            failures_to_open: 2,
+            open_for,
+            max_open_for: open_for,
+        },
+        &breakers,
+    );
+    let hana = policy(10, 5);
+    let state = r#"circuit_breaker_state{breaker="redis-rate-limit"}"#;
+    let rejected = r#"circuit_breaker_rejected_calls_total{breaker="redis-rate-limit"}"#;
+    assert_eq!(sample(&registry, state), Some(0.0));
+
+    for _ in 0..2 {
+        let decision = limiter.check(&hana, "hana").await;
+        assert!(
+            matches!(
+                decision,
+                Decision::Unavailable(LimiterUnavailable::Timeout { .. })
+            ),
+            "got {decision:?}"
+        );
+    }
+    assert_eq!(sample(&registry, state), Some(1.0), "open");
+
+    // Open: no trip to Redis, so no timeout to wait for.
+    let opened = Instant::now();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let decision = limiter.check(&hana, "hana").await;
+        assert!(
+            started.elapsed() < TIMEOUT / 2,
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(
+                decision,
+                Decision::Unavailable(LimiterUnavailable::CircuitOpen)
+            ),
+            "got {decision:?}"
+        );
+    }
+    assert_eq!(sample(&registry, rejected), Some(3.0));
+
+    // Once the open period is over, one check probes Redis (and waits for
+    // it) while the others still answer at once.
+    tokio::time::sleep(open_for.saturating_sub(opened.elapsed()) + Duration::from_millis(20)).await;
+    let probe = limiter.check(&hana, "hana");
+    let other = async {
+        // Let the probe take its permit first.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let decision = limiter.check(&hana, "hana").await;
+        (decision, started.elapsed())
+    };
+    let started = Instant::now();
+    let (probed, (other, other_took)) = tokio::join!(probe, other);
+    assert!(started.elapsed() >= TIMEOUT, "the probe went to redis");
+    assert!(
+        matches!(
+            probed,
+            Decision::Unavailable(LimiterUnavailable::Timeout { .. })
+        ),
+        "got {probed:?}"
+    );
+    assert!(
+        matches!(
+            other,
+            Decision::Unavailable(LimiterUnavailable::CircuitOpen)
+        ),
+        "got {other:?}"
+    );
+    assert!(other_took < TIMEOUT / 2, "took {other_took:?}");
+    // The failed probe opened the breaker again.
+    assert_eq!(limiter.breaker().state(), BreakerState::Open);
+    assert_eq!(sample(&registry, state), Some(1.0));
+    assert_eq!(
+        sample(
+            &registry,
+            r#"circuit_breaker_transitions_total{breaker="redis-rate-limit",to="open"}"#
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn a_successful_probe_closes_the_breaker() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let open_for = Duration::from_millis(200);
+    let limiter = RateLimiter::new(&server.url(), LIVE_TIMEOUT, OnRedisError::Open)
+        .expect("limiter")
+        .with_breaker(
+            BreakerSettings {
+                failures_to_open: 1,
+                open_for,
+                max_open_for: open_for,
+            },
+            &BreakerMetrics::new(),
+        );
+    let policy = policy(1000, 1000);
+    assert!(matches!(
+        limiter.check(&policy, "ines").await,
+        Decision::Allowed { .. }
+    ));
+
+    drop(server);
+    assert!(matches!(
+        limiter.check(&policy, "ines").await,
+        Decision::Unavailable(_)
+    ));
+    assert_eq!(limiter.breaker().state(), BreakerState::Open);
+    assert!(matches!(
+        limiter.check(&policy, "ines").await,
+        Decision::Unavailable(LimiterUnavailable::CircuitOpen)
+    ));
+
+    let _server = RedisServer::start_on(port);
+    // The first probe may still find the connection down (the manager
+    // reconnects in the background); a later one gets through.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Decision::Allowed { .. } = limiter.check(&policy, "ines").await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(limiter.breaker().state(), BreakerState::Closed);
 }
 
 #[tokio::test]
