@@ -180,7 +180,7 @@ type Bus = web::Data<CommandBus>;
 type Base = web::Data<QueryPublicUrl>;
 
 // Descriptions shared by the `#[utoipa::path]` annotations below. Each
-// handler lists every status it can answer; `crate::openapi::SecurityAddon`
+// handler lists every status it can answer; `crate::openapi::SECURITY_ADDON`
 // adds 401, 403, 429, 500 and 503 to all of them.
 
 const ACCEPTED: &str = "The command's event is stored. The body and the headers name the \

@@ -75,6 +75,7 @@ impl Application {
             &config.redis_url,
             &config.auth,
             metrics.registry(),
+            &metrics.relay.breakers,
         )?;
         let server = http_server(
             listener,

@@ -5,6 +5,7 @@ use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use service_runtime::breaker::BreakerMetrics;
 use service_runtime::postgres::PoolMetrics;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ pub struct Metrics {
     lag_seconds: GaugeVec,
     dead_letters: IntGauge,
     pools: PoolMetrics,
+    breakers: BreakerMetrics,
     /// What the lag gauges are computed from (see [`LagTracker`]); the age
     /// is recomputed at every scrape, so it grows while a batch is stuck.
     lag_state: Arc<Mutex<HashMap<(String, i32), PartitionLag>>>,
@@ -42,6 +44,12 @@ impl Metrics {
     /// collectors (the HTTP protection layer).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Circuit breaker collectors of this registry (the admin API's rate
+    /// limiter reports its Redis breaker here).
+    pub fn breakers(&self) -> &BreakerMetrics {
+        &self.breakers
     }
 
     /// A fresh registry per application, so several instances in one process
@@ -113,9 +121,11 @@ impl Metrics {
             )?,
             lag_state: Arc::default(),
             pools: PoolMetrics::new()?,
+            breakers: BreakerMetrics::new(),
             registry,
         };
         metrics.pools.register(&metrics.registry)?;
+        metrics.breakers.register(&metrics.registry)?;
         metrics
             .registry
             .register(Box::new(metrics.applied.clone()))?;

@@ -92,6 +92,7 @@ impl Application {
             &config.redis_url,
             &config.auth,
             metrics.registry(),
+            metrics.breakers(),
         )?;
         let server = HttpServer::new(move || {
             App::new()

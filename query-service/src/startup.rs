@@ -138,6 +138,7 @@ impl Application {
             &config.redis_url,
             &config.auth,
             state.metrics.registry(),
+            state.metrics.breakers(),
         )?;
         let shared = state.clone();
         let server = HttpServer::new(move || {

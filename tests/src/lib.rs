@@ -911,3 +911,71 @@ impl Drop for QueryService {
         self.stop.cancel();
     }
 }
+
+/// The command-service configuration of the test stack (as the in-process
+/// one of [`stack()`] runs), except that it does not relay: the stack's own
+/// command-service holds the relay lease, and a second relay would only
+/// stand by (or, worse, take the lease over and drop it when the test ends).
+pub fn command_service_config(stack: &Stack) -> command_service::config::Config {
+    command_service::config::Config {
+        http_addr: "127.0.0.1:0".to_owned(),
+        database_url: stack.primary_url.clone(),
+        pool_size: 16,
+        acquire_timeout: Duration::from_secs(5),
+        query_public_url: stack.query_url.clone(),
+        body_limit_bytes: 64 * 1024,
+        snapshot_every: 10,
+        cached_aggregates: 10_000,
+        append_batch_max: 64,
+        append_workers: 2,
+        idempotency_ttl: Duration::from_secs(3600),
+        topics: event_bus::TopicSettings {
+            brokers: stack.brokers.clone(),
+            prefix: stack.topic_prefix.clone(),
+            partitions: 4,
+            replication: 1,
+        },
+        redis_url: stack.redis_url.clone(),
+        auth: auth_config(),
+        protection: traffic_control::ProtectionConfig::default(),
+        rate_limits: generous_rate_limits(),
+        relay: command_service::config::RelayConfig {
+            enabled: false,
+            batch_size: 500,
+            poll_interval: Duration::from_millis(20),
+            lease_retry: Duration::from_millis(500),
+            delivery_timeout: RELAY_DELIVERY_TIMEOUT,
+            breaker: command_service::config::RelayConfig::DEFAULT_BREAKER,
+        },
+    }
+}
+
+/// A command-service of a test's own, in-process on the shared stack,
+/// configured by the test (protection, rate limits, ...), like
+/// [`QueryService`]. Runs on the test's runtime and stops when dropped.
+pub struct CommandService {
+    pub url: String,
+    stop: CancellationToken,
+}
+
+impl CommandService {
+    /// Builds and starts one; `configure` adjusts [`command_service_config`].
+    pub async fn start(configure: impl FnOnce(&mut command_service::config::Config)) -> Self {
+        let stack = stack();
+        let mut config = command_service_config(stack);
+        configure(&mut config);
+        let app = command_service::startup::Application::build(config)
+            .await
+            .expect("command-service builds");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(stop.clone()));
+        Self { url, stop }
+    }
+}
+
+impl Drop for CommandService {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -13,6 +13,10 @@
 //!   by the schema but refused by serde.
 //! - `unsupported_method`: command-service answers unknown methods on its
 //!   paths with 404 (one scope holds every command route), not 405.
+//!
+//! Phases: examples and fuzzing. schemathesis 4.32.5's coverage phase fails
+//! inside its own generator on `POST /orders` ("Inconsistent results" from
+//! Hypothesis while building boundary bodies), before any request is sent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
@@ -69,7 +73,7 @@ fn fuzz(service: &str, base_url: &str) {
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--seed", &seed])
         .args(["--workers", "2"])
-        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--phases", "examples,fuzzing"])
         .args(["--request-timeout", "10"])
         .args(["--generation-database", "none"])
         .args(["--suppress-health-check", "all"])

@@ -18,6 +18,7 @@ use access_control::{AuthConfig, Authenticator, RequireScope};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use prometheus::Registry;
+use service_runtime::breaker::BreakerMetrics;
 
 use crate::{
     Deadline, DeadlineMetrics, HttpMetrics, InFlightLimit, ProtectionConfig, RateLimit,
@@ -54,14 +55,17 @@ pub struct ApiProtection {
 }
 
 impl ApiProtection {
-    /// Builds the layers and registers their metrics in `registry`. Redis is
-    /// connected lazily by the limiter, so this does no I/O.
+    /// Builds the layers and registers their metrics in `registry`; the
+    /// limiter's circuit breaker (`redis-rate-limit`) reports through the
+    /// application's `breakers`. Redis is connected lazily by the limiter,
+    /// so this does no I/O.
     pub fn new(
         protection: &ProtectionConfig,
         limits: &RateLimitConfig,
         redis_url: &str,
         auth: &AuthConfig,
         registry: &Registry,
+        breakers: &BreakerMetrics,
     ) -> Result<Self, ProtectionError> {
         let http_metrics = HttpMetrics::new()?;
         http_metrics.register(registry)?;
@@ -69,7 +73,8 @@ impl ApiProtection {
         shed_metrics.register(registry)?;
         let deadline_metrics = DeadlineMetrics::new()?;
         deadline_metrics.register(registry)?;
-        let limiter = RateLimiter::new(redis_url, limits.redis_timeout, limits.on_redis_error)?;
+        let limiter = RateLimiter::new(redis_url, limits.redis_timeout, limits.on_redis_error)?
+            .with_breaker(limits.breaker, breakers);
         limiter.metrics().register(registry)?;
         Ok(Self {
             http_metrics,
@@ -127,9 +132,9 @@ impl ApiProtection {
 
     fn policy(&self, class: RouteClass) -> Option<RateLimitPolicy> {
         match class {
-            RouteClass::Commands => self.limits.commands.clone(),
-            RouteClass::Reads => self.limits.reads.clone(),
-            RouteClass::Admin => self.limits.admin.clone(),
+            RouteClass::Commands => self.limits.commands,
+            RouteClass::Reads => self.limits.reads,
+            RouteClass::Admin => self.limits.admin,
         }
     }
 }

@@ -99,6 +99,16 @@ pub(crate) fn positive(
     Ok(value)
 }
 
+impl Default for ProtectionConfig {
+    /// The documented defaults, as with no variable set.
+    fn default() -> Self {
+        Self {
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -149,15 +159,5 @@ mod tests {
                 ..
             })
         ));
-    }
-}
-
-impl Default for ProtectionConfig {
-    /// The documented defaults, as with no variable set.
-    fn default() -> Self {
-        Self {
-            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
-            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
-        }
     }
 }

@@ -33,7 +33,7 @@ pub fn public(cfg: &mut web::ServiceConfig) {
 
 // Documentation shared by the `#[utoipa::path]` annotations of the handlers.
 // Each handler lists every status it can answer;
-// `crate::openapi::SecurityAddon` adds 401, 403, 429, 500 and 503.
+// `crate::openapi::SECURITY_ADDON` adds 401, 403, 429, 500 and 503.
 
 /// The request headers of a document read (`GET /orders/{id}`,
 /// `GET /products/{id}`), as documented: the handlers read them from the

@@ -1,0 +1,889 @@
+//! Traffic protection end to end: the rate limit shared by every instance
+//! (GCRA in Redis), the limiter's behaviour with Redis down (fail open or
+//! closed), load shedding at the in-flight limit, the request deadline with a
+//! hung primary, the relay's `kafka-producer` breaker, and a graceful SIGTERM
+//! of a command-service process.
+//!
+//! Every test takes [`SERIAL`]: the fault tests freeze shared components
+//! (Redis, the primary, the broker), and the load tests measure rates and
+//! latencies that any concurrent test on this two-core machine would skew.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use access_control::Scope;
+use e2e_tests::{
+    client, client_builder, create_product, eventually, free_port, protection_env, stack, token,
+    wait_for_relay_to_drain, workspace_binary, CommandService, QueryService, Stack,
+};
+use reqwest::header::{HeaderMap, AUTHORIZATION};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+use traffic_control::{OnRedisError, RateLimitPolicy};
+use uuid::Uuid;
+
+/// Held by every test of this file (see the module documentation).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A product both replicas have, created once per binary.
+static PRODUCT: tokio::sync::OnceCell<Uuid> = tokio::sync::OnceCell::const_new();
+
+const OVERLOADED: &str = "/problems/overloaded";
+const DEADLINE_EXCEEDED: &str = "/problems/deadline-exceeded";
+const RATE_LIMITED: &str = "/problems/rate-limited";
+const LIMITER_UNAVAILABLE: &str = "/problems/rate-limiter-unavailable";
+
+/// Bypasses both cache tiers of query-service: the read goes to a database.
+const NO_CACHE: (&str, &str) = ("cache-control", "no-cache");
+
+/// Runs its closure when dropped: resumes a frozen component even when the
+/// test panics half-way.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+/// SIGSTOPs a stack component (`redis`, `broker`) until the guard is dropped.
+fn freeze(stack: &'static Stack, component: &'static str) -> OnDrop<impl FnMut()> {
+    stack.signal(component, "STOP");
+    OnDrop(move || stack.signal(component, "CONT"))
+}
+
+/// SIGSTOPs the primary (postmaster and backends) until the guard is dropped.
+fn freeze_primary(stack: &'static Stack) -> OnDrop<impl FnMut()> {
+    stack.signal_primary("STOP");
+    OnDrop(move || stack.signal_primary("CONT"))
+}
+
+/// The product of this binary's read tests, on both replicas (so any
+/// query-service routes its reads to a copy that has it).
+async fn replicated_product() -> Uuid {
+    *PRODUCT
+        .get_or_init(|| async {
+            let stack = stack();
+            let body = create_product(&client(), &stack.command_url, "Protected cup").await;
+            let id: Uuid = body["aggregate_id"].as_str().unwrap().parse().unwrap();
+            for url in &stack.replica_urls {
+                let pool = sqlx::PgPool::connect(url).await.expect("replica");
+                eventually("the product on the replica", Duration::from_secs(60), || {
+                    let pool = pool.clone();
+                    async move {
+                        sqlx::query_scalar::<_, i32>(
+                            "SELECT 1 FROM product_catalog WHERE product_id = $1",
+                        )
+                        .bind(id)
+                        .fetch_optional(&pool)
+                        .await
+                        .ok()
+                        .flatten()
+                    }
+                })
+                .await;
+                pool.close().await;
+            }
+            id
+        })
+        .await
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Retry-After` in whole seconds, if present and numeric.
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    header(headers, "retry-after").and_then(|v| v.trim().parse().ok())
+}
+
+/// One answer, fully read.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    took: Duration,
+}
+
+impl Answer {
+    fn problem_type(&self) -> &str {
+        self.body["type"].as_str().unwrap_or("")
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} after {:?}, retry-after {:?}, body {}",
+            self.status,
+            self.took,
+            header(&self.headers, "retry-after"),
+            self.body
+        )
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+    let started = Instant::now();
+    let response = request.send().await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await?;
+    Ok(Answer {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        took: started.elapsed(),
+    })
+}
+
+/// The value of one series (`name` or `name{labels}`, as exposed) in a
+/// Prometheus text exposition.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn metric(base_url: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    sample(&text, series)
+}
+
+fn new_product_body() -> Value {
+    json!({
+        "sku": format!("SKU-{}", Uuid::new_v4().simple()),
+        "name": "Shielded mug",
+        "price": {"amount_minor": 250, "currency": "EUR"},
+    })
+}
+
+/// `p` (0..=1) of `latencies` (nearest rank); zero when empty.
+fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    latencies.sort_unstable();
+    let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+    latencies[rank - 1]
+}
+
+// ---------------------------------------------------------------------------
+// 1. One rate limit for all instances
+// ---------------------------------------------------------------------------
+
+/// What one client of the rate-limit test saw.
+#[derive(Default)]
+struct ClientTally {
+    admitted: u64,
+    limited: u64,
+    /// From just before the first request to just after the last answer.
+    elapsed: Duration,
+    /// Answers that break the contract (headers, statuses), described.
+    violations: Vec<String>,
+}
+
+const READS: RateLimitPolicy = RateLimitPolicy {
+    class: "reads",
+    rate: 20,
+    period: Duration::from_secs(1),
+    burst: 10,
+};
+const CLIENTS: usize = 200;
+const HAMMER_FOR: Duration = Duration::from_secs(3);
+
+/// 200 clients, each with a token of its own, send reads as fast as they can
+/// to two query-service instances in turn; the instances share the limiter's
+/// Redis, so no client may get more than `burst + rate × elapsed` admitted
+/// in total — twice that would pass if each instance counted on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_is_shared_by_all_instances_and_never_exceeded() {
+    let _serial = SERIAL.lock().await;
+    let product = replicated_product().await;
+    let limited = |config: &mut query_service::config::Config| {
+        config.rate_limits.reads = Some(READS);
+        // Every request must reach the limiter: an instance that could not
+        // ask Redis must not admit (fail open would admit uncounted).
+        config.rate_limits.on_redis_error = OnRedisError::Closed;
+        config.rate_limits.redis_timeout = Duration::from_secs(2);
+    };
+    let instances = [
+        QueryService::start(limited).await,
+        QueryService::start(limited).await,
+    ];
+    let urls: Vec<String> = instances
+        .iter()
+        .map(|i| format!("{}/products/{product}", i.url))
+        .collect();
+    // Both serve the product (and have it in their local cache) before the
+    // clocks start; through a subject of its own, outside the test's budget.
+    for url in &urls {
+        let warm = send(client().get(url)).await.unwrap();
+        assert_eq!(warm.status, StatusCode::OK, "{}", warm.describe());
+    }
+
+    let run = Uuid::new_v4().simple().to_string();
+    let run = &run[..8];
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let subjects: Vec<String> = (0..CLIENTS).map(|i| format!("rl-{run}-{i}")).collect();
+    let end = Instant::now() + HAMMER_FOR;
+    let mut clients = JoinSet::new();
+    for (index, subject) in subjects.iter().enumerate() {
+        let http = http.clone();
+        let urls = urls.clone();
+        let bearer = format!("Bearer {}", token(subject, &[Scope::Read], None));
+        clients.spawn(async move {
+            let mut tally = ClientTally::default();
+            let first = Instant::now();
+            let mut sent = index; // spread the first requests over both instances
+            while Instant::now() < end {
+                let url = &urls[sent % urls.len()];
+                sent += 1;
+                let answer = match send(http.get(url).header(AUTHORIZATION, &bearer)).await {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        tally.violations.push(format!("request failed: {error}"));
+                        continue;
+                    }
+                };
+                let policy = header(&answer.headers, "ratelimit-policy").unwrap_or("");
+                let state = header(&answer.headers, "ratelimit").unwrap_or("");
+                if !policy.starts_with(r#""reads";q=10;w="#) || !state.starts_with(r#""reads";r="#)
+                {
+                    tally.violations.push(format!(
+                        "missing/odd rate-limit headers (policy {policy:?}, state {state:?}): {}",
+                        answer.describe()
+                    ));
+                }
+                match answer.status {
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        tally.limited += 1;
+                        if retry_after(&answer.headers).is_none_or(|s| s < 1)
+                            || answer.problem_type() != RATE_LIMITED
+                        {
+                            tally.violations.push(format!("bad 429: {}", answer.describe()));
+                        }
+                    }
+                    StatusCode::OK | StatusCode::NOT_FOUND => tally.admitted += 1,
+                    _ => tally.violations.push(format!("unexpected: {}", answer.describe())),
+                }
+            }
+            tally.elapsed = first.elapsed();
+            tally
+        });
+    }
+
+    // Half-way, while every client is being limited: each has a key of its
+    // own in Redis, expiring by itself once the client's burst is back.
+    tokio::time::sleep(HAMMER_FOR / 2).await;
+    let mut redis = redis::Client::open(stack().redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for subject in &subjects {
+        pipe.cmd("PTTL").arg(format!("ratelimit:reads:sub:{subject}"));
+    }
+    let ttls: Vec<i64> = pipe.query_async(&mut redis).await.unwrap();
+    let window_ms = u64::try_from(READS.window().as_millis()).unwrap();
+    let bad_ttls: Vec<(&String, i64)> = subjects
+        .iter()
+        .zip(&ttls)
+        .filter(|(_, ttl)| !(1..=window_ms as i64).contains(*ttl))
+        .map(|(s, t)| (s, *t))
+        .collect();
+
+    let mut tallies = Vec::with_capacity(CLIENTS);
+    while let Some(tally) = clients.join_next().await {
+        tallies.push(tally.unwrap());
+    }
+    drop(instances);
+
+    let mut over = Vec::new();
+    let mut never_limited = 0;
+    let mut violations = Vec::new();
+    let (mut admitted, mut limited, mut slack) = (0, 0, u64::MAX);
+    for (subject, tally) in subjects.iter().zip(&tallies) {
+        let allowed = u64::from(READS.burst)
+            + (f64::from(READS.rate) * tally.elapsed.as_secs_f64()).ceil() as u64;
+        if tally.admitted > allowed {
+            over.push(format!(
+                "{subject}: {} admitted in {:?}, allowed {allowed}",
+                tally.admitted, tally.elapsed
+            ));
+        }
+        slack = slack.min(allowed.saturating_sub(tally.admitted));
+        if tally.limited == 0 {
+            never_limited += 1;
+        }
+        admitted += tally.admitted;
+        limited += tally.limited;
+        violations.extend(tally.violations.iter().take(3).cloned());
+    }
+    let max_admitted = tallies.iter().map(|t| t.admitted).max().unwrap_or(0);
+    let min_offered = tallies
+        .iter()
+        .map(|t| t.admitted + t.limited)
+        .min()
+        .unwrap_or(0);
+    eprintln!(
+        "rate limit: {CLIENTS} clients, {admitted} admitted + {limited} limited in {HAMMER_FOR:?} \
+         ({:.0} req/s); per client: most admitted {max_admitted}, least offered {min_offered}, \
+         allowed ≈ {} (burst {} + {}/s × ~{:.2} s), smallest margin under the limit {slack}",
+        (admitted + limited) as f64 / HAMMER_FOR.as_secs_f64(),
+        u64::from(READS.burst) + u64::from(READS.rate) * HAMMER_FOR.as_secs(),
+        READS.burst,
+        READS.rate,
+        HAMMER_FOR.as_secs_f64(),
+    );
+
+    assert!(
+        over.is_empty(),
+        "{} clients got more than the limit admitted:\n{}",
+        over.len(),
+        over.join("\n")
+    );
+    assert!(
+        violations.is_empty(),
+        "answers breaking the contract:\n{}",
+        violations.join("\n")
+    );
+    assert_eq!(
+        never_limited, 0,
+        "{never_limited} clients never got a 429: the test did not exceed the limit"
+    );
+    assert!(
+        bad_ttls.is_empty(),
+        "rate-limit keys missing or without a TTL within the {window_ms} ms window \
+         (-2 missing, -1 no TTL): {:?}",
+        &bad_ttls[..bad_ttls.len().min(10)]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Redis down: fail open, fail closed
+// ---------------------------------------------------------------------------
+
+/// With Redis frozen, an instance failing open keeps answering reads (without
+/// rate-limit state) and one failing closed answers 503
+/// `/problems/rate-limiter-unavailable`, both quickly; after Redis is back
+/// both limit again within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_open_or_closed_quickly_and_recovers() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack();
+    let product = replicated_product().await;
+    let open = QueryService::start(|c| c.rate_limits.on_redis_error = OnRedisError::Open).await;
+    let closed =
+        QueryService::start(|c| c.rate_limits.on_redis_error = OnRedisError::Closed).await;
+    let open_url = format!("{}/products/{product}", open.url);
+    let closed_url = format!("{}/products/{product}", closed.url);
+    let http = client_builder().timeout(Duration::from_secs(5)).build().unwrap();
+
+    // Limited (the limiter reached Redis) and answered, on both.
+    let checked = |answer: &Answer| {
+        answer.status == StatusCode::OK && header(&answer.headers, "ratelimit").is_some()
+    };
+    for url in [&open_url, &closed_url] {
+        let answer = send(http.get(url)).await.unwrap();
+        assert!(checked(&answer), "before the outage: {}", answer.describe());
+    }
+
+    let redis = freeze(stack, "redis");
+    let outage = Instant::now();
+    let mut open_took = Vec::new();
+    let mut closed_took = Vec::new();
+    for _ in 0..10 {
+        let answer = send(http.get(&open_url)).await.unwrap();
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "fail-open instance with Redis down: {}",
+            answer.describe()
+        );
+        assert!(
+            answer.took < Duration::from_secs(1),
+            "fail-open read took {:?}",
+            answer.took
+        );
+        open_took.push(answer.took);
+
+        let answer = send(http.get(&closed_url)).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.problem_type()),
+            (StatusCode::SERVICE_UNAVAILABLE, LIMITER_UNAVAILABLE),
+            "fail-closed instance with Redis down: {}",
+            answer.describe()
+        );
+        assert!(
+            retry_after(&answer.headers).is_some_and(|s| s >= 1),
+            "{}",
+            answer.describe()
+        );
+        assert!(
+            answer.took < Duration::from_secs(1),
+            "fail-closed refusal took {:?}",
+            answer.took
+        );
+        closed_took.push(answer.took);
+    }
+    let admitted_unchecked = metric(
+        &open.url,
+        r#"rate_limit_decisions_total{class="reads",decision="unavailable_admitted"}"#,
+    )
+    .await
+    .unwrap_or(0.0);
+    let rejected = metric(
+        &closed.url,
+        r#"rate_limit_decisions_total{class="reads",decision="unavailable_rejected"}"#,
+    )
+    .await
+    .unwrap_or(0.0);
+    assert!(
+        admitted_unchecked >= 10.0 && rejected >= 10.0,
+        "decisions counted: unavailable_admitted {admitted_unchecked}, unavailable_rejected {rejected}"
+    );
+    let outage_len = outage.elapsed();
+    drop(redis);
+
+    let resumed = Instant::now();
+    for url in [&open_url, &closed_url] {
+        eventually(
+            "the limiter checks Redis again",
+            Duration::from_secs(10),
+            || async { send(http.get(url)).await.ok().filter(checked) },
+        )
+        .await;
+    }
+    eprintln!(
+        "redis down {outage_len:?}: fail-open reads {:?} (max {:?}), fail-closed 503s {:?} \
+         (max {:?}); both limiting again {:?} after SIGCONT",
+        open_took,
+        open_took.iter().max().unwrap(),
+        closed_took,
+        closed_took.iter().max().unwrap(),
+        resumed.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Overload: shed, keep latency
+// ---------------------------------------------------------------------------
+
+const MAX_IN_FLIGHT: usize = 4;
+
+/// What closed-loop clients saw.
+#[derive(Default)]
+struct LoadOutcome {
+    /// Latencies of the answered (200) reads.
+    accepted: Vec<Duration>,
+    shed: u64,
+    shed_took: Vec<Duration>,
+    /// Any other answer, described.
+    other: Vec<String>,
+}
+
+/// `clients` closed-loop clients reading `url` (no cache: a database round
+/// trip each) for `duration`.
+async fn closed_loop(
+    http: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    duration: Duration,
+) -> LoadOutcome {
+    let end = Instant::now() + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let http = http.clone();
+        let url = url.to_owned();
+        tasks.spawn(async move {
+            let mut outcome = LoadOutcome::default();
+            while Instant::now() < end {
+                match send(http.get(&url).header(NO_CACHE.0, NO_CACHE.1)).await {
+                    Ok(answer) if answer.status == StatusCode::OK => {
+                        outcome.accepted.push(answer.took);
+                    }
+                    Ok(answer)
+                        if answer.status == StatusCode::SERVICE_UNAVAILABLE
+                            && answer.problem_type() == OVERLOADED
+                            && retry_after(&answer.headers).is_some_and(|s| s >= 1) =>
+                    {
+                        outcome.shed += 1;
+                        outcome.shed_took.push(answer.took);
+                    }
+                    Ok(answer) => outcome.other.push(answer.describe()),
+                    Err(error) => outcome.other.push(format!("request failed: {error}")),
+                }
+            }
+            outcome
+        });
+    }
+    let mut total = LoadOutcome::default();
+    while let Some(outcome) = tasks.join_next().await {
+        let outcome = outcome.unwrap();
+        total.accepted.extend(outcome.accepted);
+        total.shed += outcome.shed;
+        total.shed_took.extend(outcome.shed_took);
+        total.other.extend(outcome.other);
+    }
+    total
+}
+
+/// Ten times more concurrent clients than the in-flight limit: the excess is
+/// refused at once with 503 `/problems/overloaded` + `Retry-After`, never
+/// queued, so what is accepted is served about as fast as without the
+/// overload; afterwards the instance is idle again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_and_accepted_latency_holds() {
+    let _serial = SERIAL.lock().await;
+    let product = replicated_product().await;
+    let service = QueryService::start(|c| c.protection.max_in_flight = MAX_IN_FLIGHT).await;
+    let url = format!("{}/products/{product}", service.url);
+    let http = client();
+    // Connections and database pools warm.
+    let warm = closed_loop(&http, &url, MAX_IN_FLIGHT, Duration::from_millis(500)).await;
+    assert!(warm.other.is_empty(), "warm-up: {:?}", warm.other);
+
+    let mut unloaded = closed_loop(&http, &url, MAX_IN_FLIGHT, Duration::from_secs(2)).await;
+    let mut loaded = closed_loop(&http, &url, 10 * MAX_IN_FLIGHT, Duration::from_secs(3)).await;
+    let stopped = Instant::now();
+
+    let unloaded_p50 = percentile(&mut unloaded.accepted, 0.50);
+    let unloaded_p99 = percentile(&mut unloaded.accepted, 0.99);
+    let loaded_p50 = percentile(&mut loaded.accepted, 0.50);
+    let loaded_p99 = percentile(&mut loaded.accepted, 0.99);
+    let shed_p99 = percentile(&mut loaded.shed_took, 0.99);
+    eprintln!(
+        "overload: unloaded ({MAX_IN_FLIGHT} clients) {} reads, p50 {unloaded_p50:?} p99 \
+         {unloaded_p99:?}, {} shed; 10× ({} clients) {} accepted p50 {loaded_p50:?} p99 \
+         {loaded_p99:?}, {} shed (p99 {shed_p99:?})",
+        unloaded.accepted.len(),
+        unloaded.shed,
+        10 * MAX_IN_FLIGHT,
+        loaded.accepted.len(),
+        loaded.shed,
+    );
+    assert!(
+        unloaded.other.is_empty() && loaded.other.is_empty(),
+        "answers other than 200 or 503 overloaded with Retry-After:\nunloaded {:?}\nloaded {:?}",
+        &unloaded.other[..unloaded.other.len().min(5)],
+        &loaded.other[..loaded.other.len().min(5)]
+    );
+    assert!(loaded.shed > 0, "nothing was shed at 10× the in-flight limit");
+    assert!(
+        !loaded.accepted.is_empty(),
+        "nothing was accepted under overload"
+    );
+    assert!(
+        loaded_p99 <= unloaded_p99 * 2,
+        "accepted reads under overload: p99 {loaded_p99:?} > 2 × unloaded p99 {unloaded_p99:?}"
+    );
+
+    // Idle again: answers, and nothing left counted in flight.
+    let http = client();
+    eventually("a read answered after the overload", Duration::from_secs(10), || async {
+        send(http.get(&url))
+            .await
+            .ok()
+            .filter(|a| a.status == StatusCode::OK)
+    })
+    .await;
+    eventually(
+        "http_requests_in_flight back to 0",
+        Duration::from_secs(10),
+        || async {
+            (metric(&service.url, "http_requests_in_flight").await == Some(0.0)).then_some(())
+        },
+    )
+    .await;
+    eprintln!("overload: idle again {:?} after it stopped", stopped.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Hung primary: commands fail fast
+// ---------------------------------------------------------------------------
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// With the primary frozen, every command is answered with a 503 by its
+/// deadline (request timeout + 1 s at most), none hangs; once it is back,
+/// commands succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_primary_commands_fail_fast_and_recover() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack();
+    let service = CommandService::start(|c| c.protection.request_timeout = REQUEST_TIMEOUT).await;
+    let http = client_builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    create_product(&http, &service.url, "Before the freeze").await;
+
+    let primary = freeze_primary(stack);
+    let mut commands = JoinSet::new();
+    for _ in 0..20 {
+        let http = http.clone();
+        let url = format!("{}/products", service.url);
+        commands.spawn(async move {
+            let started = Instant::now();
+            (
+                send(http.post(url).json(&new_product_body())).await,
+                started.elapsed(),
+            )
+        });
+    }
+    let mut answers = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = commands.join_next().await {
+        match joined.unwrap() {
+            (Ok(answer), _) => {
+                let fast = answer.took <= REQUEST_TIMEOUT + Duration::from_secs(1);
+                let unavailable = answer.status == StatusCode::SERVICE_UNAVAILABLE
+                    && retry_after(&answer.headers).is_some_and(|s| s >= 1)
+                    && [DEADLINE_EXCEEDED, "about:blank"].contains(&answer.problem_type());
+                if !(fast && unavailable) {
+                    failures.push(answer.describe());
+                }
+                answers.push((answer.took, answer.problem_type().to_owned()));
+            }
+            (Err(error), took) => failures.push(format!("no answer after {took:?}: {error}")),
+        }
+    }
+    drop(primary);
+    eprintln!("hung primary: {answers:?}");
+    assert!(
+        failures.is_empty(),
+        "commands not answered 503 within {:?}:\n{}",
+        REQUEST_TIMEOUT + Duration::from_secs(1),
+        failures.join("\n")
+    );
+
+    let resumed = Instant::now();
+    eventually(
+        "commands succeed again",
+        Duration::from_secs(10),
+        || async {
+            send(http.post(format!("{}/products", service.url)).json(&new_product_body()))
+                .await
+                .ok()
+                .filter(|a| a.status == StatusCode::ACCEPTED)
+        },
+    )
+    .await;
+    eprintln!("hung primary: commands succeed {:?} after SIGCONT", resumed.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 5. The relay's Kafka breaker
+// ---------------------------------------------------------------------------
+
+const PRODUCER_BREAKER: &str = r#"circuit_breaker_state{breaker="kafka-producer"}"#;
+
+/// A frozen broker opens the relay's `kafka-producer` breaker (commands are
+/// still accepted: they only need the primary); once the broker is back the
+/// breaker closes and the backlog is published.
+///
+/// The relay is the stack's own (it holds the relay lease, so a
+/// command-service started here would only stand by), with the default
+/// breaker: three failed batches of [`e2e_tests::RELAY_DELIVERY_TIMEOUT`]
+/// (3 s) each, about 10 s to open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_breaker_opens_while_broker_is_down_and_closes_after() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack();
+    let http = client();
+    let relay: Value = http
+        .get(format!("{}/health/relay", stack.command_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(relay["role"], "leader", "the stack's command-service relays");
+    eventually("the breaker closed to begin with", Duration::from_secs(30), || async {
+        (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(0.0)).then_some(())
+    })
+    .await;
+
+    let broker = freeze(stack, "broker");
+    let frozen = Instant::now();
+    for name in ["Queued 1", "Queued 2", "Queued 3"] {
+        create_product(&http, &stack.command_url, name).await;
+    }
+    eventually(
+        "the kafka-producer breaker opens",
+        Duration::from_secs(40),
+        || async { (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    let opened = frozen.elapsed();
+    drop(broker);
+
+    let resumed = Instant::now();
+    eventually(
+        "the kafka-producer breaker closes",
+        Duration::from_secs(30),
+        || async { (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(0.0)).then_some(()) },
+    )
+    .await;
+    let closed = resumed.elapsed();
+    let pool = sqlx::PgPool::connect(&stack.primary_url).await.unwrap();
+    wait_for_relay_to_drain(&pool, Duration::from_secs(30)).await;
+    eprintln!(
+        "kafka breaker: open {opened:?} after SIGSTOP; closed {closed:?} and backlog drained {:?} \
+         after SIGCONT",
+        resumed.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Graceful SIGTERM
+// ---------------------------------------------------------------------------
+
+/// A command-service binary with the stack's settings (as
+/// [`e2e_tests::CommandServiceProcess`] starts it), owned here so the test
+/// can signal it and wait for its exit status. Killed when dropped.
+struct Process {
+    child: Child,
+    port: u16,
+}
+
+impl Process {
+    fn spawn() -> Self {
+        let stack = stack();
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stack.dir.join("logs").join("command-service-sigterm.log"))
+            .unwrap();
+        let child = Command::new(workspace_binary("command-service"))
+            .envs(protection_env())
+            .env("PRIMARY_DATABASE_URL", &stack.primary_url)
+            .env("REDIS_URL", &stack.redis_url)
+            .env("KAFKA_BROKERS", &stack.brokers)
+            .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
+            .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("PRIMARY_POOL_SIZE", "4")
+            .env("RELAY_LEASE_RETRY_MS", "100")
+            .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
+            // The frozen primary holds the commands for about a second.
+            .env("REQUEST_TIMEOUT_MS", "10000")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn command-service");
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM with 20 commands in flight: every one is answered 202 (drained,
+/// not reset), the process exits 0 within 10 s and its port is closed.
+///
+/// A command takes a few milliseconds, too little to send a signal into
+/// reliably; so the primary is frozen while they are sent, the test waits
+/// until the service counts all 20 in flight, sends SIGTERM, and resumes the
+/// primary half a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_commands_and_exits_cleanly() {
+    let _serial = SERIAL.lock().await;
+    let stack = stack();
+    let mut process = Process::spawn();
+    let url = process.url();
+    let http = client_builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    eventually("the process is ready", Duration::from_secs(30), || async {
+        send(http.get(format!("{url}/health/ready")))
+            .await
+            .ok()
+            .filter(|a| a.status == StatusCode::OK)
+    })
+    .await;
+    create_product(&http, &url, "Before SIGTERM").await;
+
+    let primary = freeze_primary(stack);
+    let mut commands = JoinSet::new();
+    for _ in 0..20 {
+        let http = http.clone();
+        let url = format!("{url}/products");
+        commands.spawn(async move { send(http.post(url).json(&new_product_body())).await });
+    }
+    eventually(
+        "all 20 commands in flight",
+        Duration::from_secs(5),
+        || async { (metric(&url, "http_requests_in_flight").await == Some(20.0)).then_some(()) },
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM");
+    let terminated = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        process.child.try_wait().unwrap().is_none(),
+        "the process exited with commands in flight"
+    );
+    drop(primary);
+
+    let mut answered = Vec::new();
+    while let Some(joined) = commands.join_next().await {
+        match joined.unwrap() {
+            Ok(answer) if answer.status == StatusCode::ACCEPTED => answered.push(answer.took),
+            Ok(answer) => panic!("in-flight command at SIGTERM: {}", answer.describe()),
+            Err(error) => panic!("in-flight command at SIGTERM got no answer: {error}"),
+        }
+    }
+    let exit = eventually("the process exits", Duration::from_secs(10), || {
+        let exited = process.child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let exited_after = terminated.elapsed();
+    assert!(exit.success(), "exit status after SIGTERM: {exit}");
+    let refused = std::net::TcpStream::connect(("127.0.0.1", process.port))
+        .map_err(|e| e.kind())
+        .err();
+    assert_eq!(
+        refused,
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "the port still accepts connections after the exit"
+    );
+    eprintln!(
+        "sigterm: {} commands answered 202 (slowest {:?}), exit {exit} {exited_after:?} after \
+         SIGTERM",
+        answered.len(),
+        answered.iter().max().unwrap()
+    );
+}
