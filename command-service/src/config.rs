@@ -1,15 +1,19 @@
 //! command-service configuration, read from the environment (see the README's
 //! configuration table).
 
+use std::fmt;
 use std::time::Duration;
 
 use access_control::{AuthConfig, AuthConfigError};
 use event_bus::TopicSettings;
 use service_runtime::breaker::BreakerSettings;
-use service_runtime::config::{optional, required, ConfigError};
+use service_runtime::config::{optional, redact_url, required, ConfigError};
 
 /// Everything command-service needs to run.
-#[derive(Debug, Clone)]
+///
+/// `Debug` is written by hand: it redacts the credentials of every URL, since
+/// `Debug` output ends up in logs.
+#[derive(Clone)]
 pub struct Config {
     /// `COMMAND_HTTP_ADDR`: where the HTTP API listens (`127.0.0.1:0` picks a free port).
     pub http_addr: String,
@@ -126,5 +130,85 @@ impl Config {
                 )?,
             },
         })
+    }
+}
+
+/// URLs carry passwords; `Debug` output ends up in logs. [`TopicSettings`],
+/// [`RelayConfig`] and the traffic settings hold no secrets, and
+/// [`AuthConfig`] redacts its key itself.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("pool_size", &self.pool_size)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("query_public_url", &redact_url(&self.query_public_url))
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("cached_aggregates", &self.cached_aggregates)
+            .field("append_batch_max", &self.append_batch_max)
+            .field("append_workers", &self.append_workers)
+            .field("idempotency_ttl", &self.idempotency_ttl)
+            .field("topics", &self.topics)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("auth", &self.auth)
+            .field("protection", &self.protection)
+            .field("rate_limits", &self.rate_limits)
+            .field("relay", &self.relay)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let config = Config {
+            http_addr: "127.0.0.1:0".to_owned(),
+            database_url: "postgres://app:db-password@db:5432/app".to_owned(),
+            pool_size: 16,
+            acquire_timeout: Duration::from_secs(2),
+            query_public_url: "http://query:query-password@query:8081".to_owned(),
+            body_limit_bytes: 64 * 1024,
+            snapshot_every: 50,
+            cached_aggregates: 10_000,
+            append_batch_max: 64,
+            append_workers: 2,
+            idempotency_ttl: Duration::from_secs(86_400),
+            topics: TopicSettings {
+                brokers: "kafka:9092".to_owned(),
+                prefix: "events".to_owned(),
+                partitions: 4,
+                replication: 1,
+            },
+            redis_url: "redis://:redis-password@cache:6379/".to_owned(),
+            auth: AuthConfig::hs256("the-jwt-secret-that-must-not-leak!", "iss", "aud")
+                .expect("a long enough secret"),
+            protection: traffic_control::ProtectionConfig::default(),
+            rate_limits: traffic_control::RateLimitConfig::default(),
+            relay: RelayConfig {
+                enabled: true,
+                batch_size: 500,
+                poll_interval: Duration::from_millis(20),
+                lease_retry: Duration::from_secs(1),
+                delivery_timeout: Duration::from_secs(30),
+                breaker: RelayConfig::DEFAULT_BREAKER,
+            },
+        };
+        let debug = format!("{config:?}");
+        for secret in [
+            "db-password",
+            "query-password",
+            "redis-password",
+            "the-jwt-secret-that-must-not-leak!",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("postgres://***@db:5432/app"), "{debug}");
+        assert!(debug.contains("redis://***@cache:6379/"), "{debug}");
+        assert!(debug.contains("kafka:9092"), "{debug}");
     }
 }

@@ -94,6 +94,9 @@ fn rule_problem(kind: RuleKind, detail: String, field: Option<&str>) -> Problem 
             "/problems/conflict",
             "Conflicts with the aggregate's current state",
         ),
+        RuleKind::Forbidden => {
+            Problem::typed(StatusCode::FORBIDDEN, "/problems/forbidden", "Forbidden")
+        }
         RuleKind::Violation if field.is_some() => Problem::typed(
             StatusCode::UNPROCESSABLE_ENTITY,
             "/problems/validation",

@@ -4,6 +4,7 @@
 
 use std::future::{ready, Ready};
 
+use access_control::Principal;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use schema::money::Money;
@@ -83,6 +84,8 @@ pub struct CommandMeta {
     method: String,
     path: String,
     trace: TraceParent,
+    /// The customer a customer token is limited to.
+    acting_for: Option<Uuid>,
 }
 
 impl CommandMeta {
@@ -108,7 +111,7 @@ impl CommandMeta {
     }
 
     fn guard<C>(&self, command: C) -> Guarded<C> {
-        Guarded::new(command, self.expected_version)
+        Guarded::new(command, self.expected_version).acting_for(self.acting_for)
     }
 }
 
@@ -145,6 +148,11 @@ fn command_meta(req: &HttpRequest) -> Result<CommandMeta, CommandError> {
         idempotency_key,
         method: req.method().to_string(),
         path: req.path().to_owned(),
+        // Left by the auth layer (access_control::RequireScope).
+        acting_for: req
+            .extensions()
+            .get::<Principal>()
+            .and_then(|principal| principal.customer_id),
         // Set by the root span builder (traffic_control::TraceRootSpan).
         trace: req
             .extensions()

@@ -136,6 +136,15 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
+/// Why a message of a committed batch changed no read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotProjected {
+    /// Parked as a dead letter.
+    Parked,
+    /// Applied before (a redelivery).
+    AlreadyApplied,
+}
+
 /// What a committed batch did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -146,6 +155,10 @@ pub struct Outcome {
     pub already_applied: usize,
     /// Messages parked as dead letters (failed, or behind one that failed).
     pub parked: usize,
+    /// What became of each message that was not projected now (parked, or
+    /// already applied), by (topic, partition, offset); tracing reports the
+    /// others as projected. Rare, so cheap to keep.
+    pub not_projected: HashMap<(String, i32, i64), NotProjected>,
     /// The summaries to bring Redis up to and the keys to invalidate.
     pub effects: BatchEffects,
     /// Per partition, the offset after the last message of the batch.
@@ -210,6 +223,20 @@ pub async fn apply(
         .collect();
     // Delivered again within the batch, or below the stored offset.
     outcome.already_applied = messages.len() - fresh.len();
+    if outcome.already_applied > 0 {
+        let kept: HashSet<(&str, i32, i64)> = fresh
+            .iter()
+            .map(|m| (m.topic.as_str(), m.partition, m.offset))
+            .collect();
+        for m in messages {
+            if !kept.contains(&(m.topic.as_str(), m.partition, m.offset)) {
+                outcome.not_projected.insert(
+                    (m.topic.clone(), m.partition, m.offset),
+                    NotProjected::AlreadyApplied,
+                );
+            }
+        }
+    }
     if tracing::enabled!(tracing::Level::DEBUG) {
         for ((topic, partition), next) in &outcome.next_offsets {
             let offsets: Vec<i64> = runs
@@ -245,6 +272,10 @@ pub async fn apply(
             );
             park(&mut tx, group, message, "behind", &error).await?;
             outcome.parked += 1;
+            outcome.not_projected.insert(
+                (message.topic.clone(), message.partition, message.offset),
+                NotProjected::Parked,
+            );
             continue;
         }
         let gated = aggregate
@@ -279,6 +310,10 @@ pub async fn apply(
                 );
                 park(&mut tx, group, message, "failed", &reason).await?;
                 outcome.parked += 1;
+                outcome.not_projected.insert(
+                    (message.topic.clone(), message.partition, message.offset),
+                    NotProjected::Parked,
+                );
                 if let Some(a) = &aggregate {
                     parked.insert(key(a));
                 }

@@ -1,15 +1,20 @@
 //! projector configuration, read from the environment (see the README's
 //! configuration table).
 
+use std::fmt;
 use std::time::Duration;
 
 use access_control::{AuthConfig, AuthConfigError};
 use event_bus::TopicSettings;
-use service_runtime::config::{optional, required, ConfigError};
+use service_runtime::config::{optional, redact_url, required, ConfigError};
 
 use crate::partitions::MaintenanceSettings;
 
-#[derive(Debug, Clone)]
+/// Everything projector needs to run.
+///
+/// `Debug` is written by hand: it redacts the credentials of every URL, since
+/// `Debug` output ends up in logs.
+#[derive(Clone)]
 pub struct Config {
     /// `PROJECTOR_HTTP_ADDR`: health endpoints (`127.0.0.1:0` picks a free port).
     pub http_addr: String,
@@ -79,5 +84,75 @@ impl Config {
             protection: traffic_control::ProtectionConfig::from_env()?,
             rate_limits: traffic_control::RateLimitConfig::from_env()?,
         })
+    }
+}
+
+/// URLs carry passwords; `Debug` output ends up in logs. [`TopicSettings`]
+/// and the other settings hold no secrets, and [`AuthConfig`] redacts its
+/// key itself.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("pool_size", &self.pool_size)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("batch_size", &self.batch_size)
+            .field("batch_timeout", &self.batch_timeout)
+            .field("session_timeout", &self.session_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("partitions", &self.partitions)
+            .field("auth", &self.auth)
+            .field("protection", &self.protection)
+            .field("rate_limits", &self.rate_limits)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let config = Config {
+            http_addr: "127.0.0.1:0".to_owned(),
+            database_url: "postgres://app:db-password@db:5432/app".to_owned(),
+            pool_size: 4,
+            redis_url: "redis://:redis-password@cache:6379/".to_owned(),
+            topics: TopicSettings {
+                brokers: "kafka:9092".to_owned(),
+                prefix: "events".to_owned(),
+                partitions: 4,
+                replication: 1,
+            },
+            group_id: "projector".to_owned(),
+            batch_size: 500,
+            batch_timeout: Duration::from_millis(50),
+            session_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+            partitions: MaintenanceSettings {
+                ahead_months: 3,
+                retention_months: 0,
+                interval: Duration::from_secs(3600),
+            },
+            auth: AuthConfig::hs256("the-jwt-secret-that-must-not-leak!", "iss", "aud")
+                .expect("a long enough secret"),
+            protection: traffic_control::ProtectionConfig::default(),
+            rate_limits: traffic_control::RateLimitConfig::default(),
+        };
+        let debug = format!("{config:?}");
+        for secret in [
+            "db-password",
+            "redis-password",
+            "the-jwt-secret-that-must-not-leak!",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("postgres://***@db:5432/app"), "{debug}");
+        assert!(debug.contains("redis://***@cache:6379/"), "{debug}");
+        assert!(debug.contains("kafka:9092"), "{debug}");
     }
 }

@@ -19,7 +19,7 @@ use service_runtime::backoff::Backoff;
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
 use sqlx::PgPool;
 
-use crate::batch::{self, BatchError, Message, Mode, Outcome};
+use crate::batch::{self, BatchError, Message, Mode, NotProjected, Outcome};
 use crate::config::Config;
 use crate::metrics::{LagTracker, Metrics};
 use crate::redis_sink::RedisSink;
@@ -301,7 +301,7 @@ impl Projector {
         self.redis.apply(&outcome.effects).await;
         self.commit_hint(&outcome);
         self.record_lag(batch, &outcome);
-        trace_projected(batch);
+        trace_projected(batch, &outcome);
     }
 
     /// Commits the batch's offsets to Kafka too, asynchronously: only a hint
@@ -358,7 +358,7 @@ const TRACE_TARGET: &str = "projector::trace";
 /// `traceparent` header. The batch commits many traces at once, so the span
 /// is recorded after the commit, carrying the batch's outcome; at the default
 /// level this costs one `enabled!` check per batch.
-fn trace_projected(batch: &[Message]) {
+fn trace_projected(batch: &[Message], outcome: &Outcome) {
     if !tracing::enabled!(target: TRACE_TARGET, tracing::Level::DEBUG) {
         return;
     }
@@ -375,12 +375,18 @@ fn trace_projected(batch: &[Message]) {
             parent_span_id = %parent.span_id(),
         )
         .in_scope(|| {
+            let key = (message.topic.clone(), message.partition, message.offset);
+            let what = match outcome.not_projected.get(&key) {
+                None => "event projected",
+                Some(NotProjected::Parked) => "event parked as a dead letter",
+                Some(NotProjected::AlreadyApplied) => "event already applied",
+            };
             tracing::debug!(
                 target: TRACE_TARGET,
                 topic = message.topic,
                 partition = message.partition,
                 offset = message.offset,
-                "event projected"
+                "{what}"
             );
         });
     }

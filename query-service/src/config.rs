@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use access_control::{AuthConfig, AuthConfigError};
 use service_runtime::breaker::BreakerSettings;
-use service_runtime::config::{optional, required, ConfigError};
+use service_runtime::config::{optional, redact_url, required, ConfigError};
 use traffic_control::{ProtectionConfig, RateLimitConfig};
 
 /// Everything query-service needs to run.
@@ -300,13 +300,16 @@ impl fmt::Debug for Config {
         let replicas: Vec<String> = self
             .replica_database_urls
             .iter()
-            .map(|url| redact(url))
+            .map(|url| redact_url(url))
             .collect();
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
-            .field("primary_database_url", &redact(&self.primary_database_url))
+            .field(
+                "primary_database_url",
+                &redact_url(&self.primary_database_url),
+            )
             .field("replica_database_urls", &replicas)
-            .field("redis_url", &redact(&self.redis_url))
+            .field("redis_url", &redact_url(&self.redis_url))
             .field("replica_pool_size", &self.replica_pool_size)
             .field("primary_pool_size", &self.primary_pool_size)
             .field("read_attempt_timeout", &self.read_attempt_timeout)
@@ -330,16 +333,6 @@ impl fmt::Debug for Config {
             .field("protection", &self.protection)
             .field("rate_limits", &self.rate_limits)
             .finish()
-    }
-}
-
-/// `scheme://user:secret@host/db` → `scheme://***@host/db`.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 

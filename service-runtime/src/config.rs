@@ -52,3 +52,57 @@ where
         value,
     })
 }
+
+/// `url` with its credentials replaced by `***`, for `Debug` output and logs:
+/// `scheme://user:secret@host/db` → `scheme://***@host/db`.
+///
+/// Everything between `://` and the **last** `@` is hidden, so a password
+/// containing an unescaped `@` is hidden whole (an `@` further right, e.g. in
+/// a query string, hides the host too: too much rather than too little).
+/// A URL without `://` or without credentials is returned unchanged.
+///
+/// ```
+/// use service_runtime::config::redact_url;
+/// assert_eq!(redact_url("postgres://app:pw@db:5432/app"), "postgres://***@db:5432/app");
+/// assert_eq!(redact_url("redis://cache:6379/"), "redis://cache:6379/");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_user_and_password() {
+        assert_eq!(
+            redact_url("postgres://app:secret@db:5432/app"),
+            "postgres://***@db:5432/app"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@cache:6379/"),
+            "redis://***@cache:6379/"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_a_password_containing_at() {
+        let redacted = redact_url("postgres://app:p@ss@db/app");
+        assert_eq!(redacted, "postgres://***@db/app");
+        assert!(!redacted.contains("ss"), "{redacted}");
+    }
+
+    #[test]
+    fn redact_url_keeps_urls_without_credentials() {
+        assert_eq!(redact_url("redis://cache:6379/"), "redis://cache:6379/");
+        assert_eq!(redact_url("http://127.0.0.1:8081"), "http://127.0.0.1:8081");
+        assert_eq!(redact_url("not a url @ all"), "not a url @ all");
+        assert_eq!(redact_url(""), "");
+    }
+}

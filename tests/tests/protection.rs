@@ -70,19 +70,23 @@ async fn replicated_product() -> Uuid {
             let id: Uuid = body["aggregate_id"].as_str().unwrap().parse().unwrap();
             for url in &stack.replica_urls {
                 let pool = sqlx::PgPool::connect(url).await.expect("replica");
-                eventually("the product on the replica", Duration::from_secs(60), || {
-                    let pool = pool.clone();
-                    async move {
-                        sqlx::query_scalar::<_, i32>(
-                            "SELECT 1 FROM product_catalog WHERE product_id = $1",
-                        )
-                        .bind(id)
-                        .fetch_optional(&pool)
-                        .await
-                        .ok()
-                        .flatten()
-                    }
-                })
+                eventually(
+                    "the product on the replica",
+                    Duration::from_secs(60),
+                    || {
+                        let pool = pool.clone();
+                        async move {
+                            sqlx::query_scalar::<_, i32>(
+                                "SELECT 1 FROM product_catalog WHERE product_id = $1",
+                            )
+                            .bind(id)
+                            .fetch_optional(&pool)
+                            .await
+                            .ok()
+                            .flatten()
+                        }
+                    },
+                )
                 .await;
                 pool.close().await;
             }
@@ -274,11 +278,15 @@ async fn rate_limit_is_shared_by_all_instances_and_never_exceeded() {
                         if retry_after(&answer.headers).is_none_or(|s| s < 1)
                             || answer.problem_type() != RATE_LIMITED
                         {
-                            tally.violations.push(format!("bad 429: {}", answer.describe()));
+                            tally
+                                .violations
+                                .push(format!("bad 429: {}", answer.describe()));
                         }
                     }
                     StatusCode::OK | StatusCode::NOT_FOUND => tally.admitted += 1,
-                    _ => tally.violations.push(format!("unexpected: {}", answer.describe())),
+                    _ => tally
+                        .violations
+                        .push(format!("unexpected: {}", answer.describe())),
                 }
             }
             tally.elapsed = first.elapsed();
@@ -296,7 +304,8 @@ async fn rate_limit_is_shared_by_all_instances_and_never_exceeded() {
         .unwrap();
     let mut pipe = redis::pipe();
     for subject in &subjects {
-        pipe.cmd("PTTL").arg(format!("ratelimit:reads:sub:{subject}"));
+        pipe.cmd("PTTL")
+            .arg(format!("ratelimit:reads:sub:{subject}"));
     }
     let ttls: Vec<i64> = pipe.query_async(&mut redis).await.unwrap();
     let window_ms = u64::try_from(READS.window().as_millis()).unwrap();
@@ -388,11 +397,13 @@ async fn redis_down_fails_open_or_closed_quickly_and_recovers() {
     let stack = stack();
     let product = replicated_product().await;
     let open = QueryService::start(|c| c.rate_limits.on_redis_error = OnRedisError::Open).await;
-    let closed =
-        QueryService::start(|c| c.rate_limits.on_redis_error = OnRedisError::Closed).await;
+    let closed = QueryService::start(|c| c.rate_limits.on_redis_error = OnRedisError::Closed).await;
     let open_url = format!("{}/products/{product}", open.url);
     let closed_url = format!("{}/products/{product}", closed.url);
-    let http = client_builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let http = client_builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
 
     // Limited (the limiter reached Redis) and answered, on both.
     let checked = |answer: &Answer| {
@@ -583,7 +594,10 @@ async fn overload_is_shed_and_accepted_latency_holds() {
         &unloaded.other[..unloaded.other.len().min(5)],
         &loaded.other[..loaded.other.len().min(5)]
     );
-    assert!(loaded.shed > 0, "nothing was shed at 10× the in-flight limit");
+    assert!(
+        loaded.shed > 0,
+        "nothing was shed at 10× the in-flight limit"
+    );
     assert!(
         !loaded.accepted.is_empty(),
         "nothing was accepted under overload"
@@ -595,12 +609,16 @@ async fn overload_is_shed_and_accepted_latency_holds() {
 
     // Idle again: answers, and nothing left counted in flight.
     let http = client();
-    eventually("a read answered after the overload", Duration::from_secs(10), || async {
-        send(http.get(&url))
-            .await
-            .ok()
-            .filter(|a| a.status == StatusCode::OK)
-    })
+    eventually(
+        "a read answered after the overload",
+        Duration::from_secs(10),
+        || async {
+            send(http.get(&url))
+                .await
+                .ok()
+                .filter(|a| a.status == StatusCode::OK)
+        },
+    )
     .await;
     eventually(
         "http_requests_in_flight back to 0",
@@ -610,7 +628,10 @@ async fn overload_is_shed_and_accepted_latency_holds() {
         },
     )
     .await;
-    eprintln!("overload: idle again {:?} after it stopped", stopped.elapsed());
+    eprintln!(
+        "overload: idle again {:?} after it stopped",
+        stopped.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -677,14 +698,20 @@ async fn hung_primary_commands_fail_fast_and_recover() {
         "commands succeed again",
         Duration::from_secs(10),
         || async {
-            send(http.post(format!("{}/products", service.url)).json(&new_product_body()))
-                .await
-                .ok()
-                .filter(|a| a.status == StatusCode::ACCEPTED)
+            send(
+                http.post(format!("{}/products", service.url))
+                    .json(&new_product_body()),
+            )
+            .await
+            .ok()
+            .filter(|a| a.status == StatusCode::ACCEPTED)
         },
     )
     .await;
-    eprintln!("hung primary: commands succeed {:?} after SIGCONT", resumed.elapsed());
+    eprintln!(
+        "hung primary: commands succeed {:?} after SIGCONT",
+        resumed.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -714,10 +741,17 @@ async fn kafka_breaker_opens_while_broker_is_down_and_closes_after() {
         .json()
         .await
         .unwrap();
-    assert_eq!(relay["role"], "leader", "the stack's command-service relays");
-    eventually("the breaker closed to begin with", Duration::from_secs(30), || async {
-        (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(0.0)).then_some(())
-    })
+    assert_eq!(
+        relay["role"], "leader",
+        "the stack's command-service relays"
+    );
+    eventually(
+        "the breaker closed to begin with",
+        Duration::from_secs(30),
+        || async {
+            (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(0.0)).then_some(())
+        },
+    )
     .await;
 
     let broker = freeze(stack, "broker");
@@ -728,7 +762,9 @@ async fn kafka_breaker_opens_while_broker_is_down_and_closes_after() {
     eventually(
         "the kafka-producer breaker opens",
         Duration::from_secs(40),
-        || async { (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(1.0)).then_some(()) },
+        || async {
+            (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(1.0)).then_some(())
+        },
     )
     .await;
     let opened = frozen.elapsed();
@@ -738,7 +774,9 @@ async fn kafka_breaker_opens_while_broker_is_down_and_closes_after() {
     eventually(
         "the kafka-producer breaker closes",
         Duration::from_secs(30),
-        || async { (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(0.0)).then_some(()) },
+        || async {
+            (metric(&stack.command_url, PRODUCER_BREAKER).await == Some(0.0)).then_some(())
+        },
     )
     .await;
     let closed = resumed.elapsed();

@@ -7,11 +7,18 @@
 //! protects against concurrent *writes*; this guard protects against commands
 //! decided on an outdated *read*.
 
-/// A command together with the aggregate version the client expects.
+use uuid::Uuid;
+
+/// A command together with the aggregate version the client expects (and
+/// whom the caller acts for).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Guarded<C> {
     /// The version the client believes the aggregate is at; `None` accepts any.
     pub expected_version: Option<u64>,
+    /// The customer the caller is limited to (a customer token), or None for
+    /// a back-office caller. Aggregates decide what such a caller may do
+    /// (object-level authorization belongs with the rules, in `handle`).
+    pub acting_for: Option<Uuid>,
     /// The command to handle if the version matches.
     pub command: C,
 }
@@ -22,8 +29,15 @@ impl<C> Guarded<C> {
     pub fn new(command: C, expected_version: Option<u64>) -> Self {
         Self {
             expected_version,
+            acting_for: None,
             command,
         }
+    }
+
+    /// The same command, sent by a caller limited to `customer`.
+    pub fn acting_for(mut self, customer: Option<Uuid>) -> Self {
+        self.acting_for = customer;
+        self
     }
 
     /// Wraps `command`, to be handled only if the aggregate is at exactly `version`.

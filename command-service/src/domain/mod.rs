@@ -88,6 +88,8 @@ pub enum RuleKind {
     StaleVersion,
     /// The command collides with the aggregate's current identity (HTTP 409).
     Conflict,
+    /// The caller may not act on this aggregate or for this customer (HTTP 403).
+    Forbidden,
     /// The command breaks a business rule or carries invalid data (HTTP 422).
     Violation,
 }

@@ -105,6 +105,9 @@ pub enum OrderError {
     /// The command needs an existing order and there is none with this id.
     #[error("order not found")]
     NotFound,
+    /// A customer token placed an order for another customer.
+    #[error("a customer token may place orders only for its own customer")]
+    ForbiddenCustomer,
     /// `PlaceOrder` was sent for an id that already has an order.
     #[error("an order with this id has already been placed")]
     AlreadyPlaced,
@@ -183,6 +186,7 @@ impl OrderError {
             Self::NotFound => RuleKind::NotFound,
             Self::VersionMismatch { .. } => RuleKind::StaleVersion,
             Self::AlreadyPlaced => RuleKind::Conflict,
+            Self::ForbiddenCustomer => RuleKind::Forbidden,
             Self::InvalidField { .. }
             | Self::CurrencyMismatch { .. }
             | Self::DuplicateLine { .. }
@@ -258,6 +262,19 @@ impl Order {
     }
 
     /// Who placed the order, once placed.
+    /// What a caller limited to `customer` may do: place orders for that
+    /// customer and act on that customer's orders. Another customer's order
+    /// is answered as missing, so ids cannot be probed for existence.
+    fn authorize(&self, customer: Uuid, command: &OrderCommand) -> Result<(), OrderError> {
+        match (self.customer_id(), command) {
+            (Some(owner), _) if owner != customer => Err(OrderError::NotFound),
+            (None, OrderCommand::PlaceOrder { customer_id, .. }) if *customer_id != customer => {
+                Err(OrderError::ForbiddenCustomer)
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn customer_id(&self) -> Option<Uuid> {
         self.state.as_ref().map(|s| s.customer_id)
     }
@@ -342,6 +359,14 @@ impl Order {
                             status,
                         })
                     }
+                }
+                if reason.contains('\0') {
+                    // Postgres text cannot hold U+0000: the read model could
+                    // never store the event (it would become a dead letter).
+                    return Err(invalid(
+                        "reason".to_owned(),
+                        "must not contain U+0000 (NUL)",
+                    ));
                 }
                 if reason.chars().count() > MAX_REASON_LEN {
                     return Err(invalid(
@@ -474,6 +499,9 @@ impl Aggregate for Order {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         check_version(command.expected_version, self.version)?;
+        if let Some(customer) = command.acting_for {
+            self.authorize(customer, &command.command)?;
+        }
         let event = self.decide(command.command)?;
         emit(sink, self, event).await;
         Ok(())
@@ -1163,6 +1191,60 @@ mod tests {
             .given(vec![placed(), confirmed()])
             .when(Guarded::new(OrderCommand::ShipOrder, Some(2)))
             .then_expect_events(vec![shipped()]);
+    }
+
+    #[test]
+    fn a_customer_acts_on_its_own_orders() {
+        Fixture::with(())
+            .given_no_previous_events()
+            .when(Guarded::from(place(vec![line(1, 1, eur(1))])).acting_for(Some(customer())))
+            .then_expect_events(vec![placed_with(vec![line(1, 1, eur(1))])]);
+        Fixture::with(())
+            .given(vec![placed()])
+            .when(Guarded::from(OrderCommand::ConfirmOrder).acting_for(Some(customer())))
+            .then_expect_events(vec![confirmed()]);
+    }
+
+    #[test]
+    fn a_customer_cannot_place_for_another_customer() {
+        Fixture::with(())
+            .given_no_previous_events()
+            .when(
+                Guarded::from(place(vec![line(1, 1, eur(1))]))
+                    .acting_for(Some(Uuid::from_u128(999))),
+            )
+            .then_expect_error(OrderError::ForbiddenCustomer);
+    }
+
+    #[test]
+    fn another_customers_order_looks_missing() {
+        for command in [
+            OrderCommand::ConfirmOrder,
+            OrderCommand::CancelOrder {
+                reason: String::new(),
+                cancelled_by: CancelledBy::Customer,
+            },
+            place(vec![line(1, 1, eur(1))]),
+        ] {
+            Fixture::with(())
+                .given(vec![placed()])
+                .when(Guarded::from(command).acting_for(Some(Uuid::from_u128(999))))
+                .then_expect_error(OrderError::NotFound);
+        }
+    }
+
+    #[test]
+    fn a_reason_with_nul_is_rejected() {
+        Fixture::with(())
+            .given(vec![placed()])
+            .when(
+                OrderCommand::CancelOrder {
+                    reason: "nul\0byte".into(),
+                    cancelled_by: CancelledBy::Customer,
+                }
+                .into(),
+            )
+            .then_expect_error(invalid("reason".into(), "must not contain U+0000 (NUL)"));
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub enum ProductError {
     /// The command needs an existing product and there is none with this id.
     #[error("product not found")]
     NotFound,
+    /// A customer token tried to change the catalog.
+    #[error("customer tokens cannot change the catalog")]
+    ForbiddenCustomer,
     /// `CreateProduct` was sent for an id that already has a product.
     #[error("a product with this id already exists")]
     AlreadyExists,
@@ -87,6 +90,7 @@ impl ProductError {
             Self::NotFound => RuleKind::NotFound,
             Self::VersionMismatch { .. } => RuleKind::StaleVersion,
             Self::AlreadyExists => RuleKind::Conflict,
+            Self::ForbiddenCustomer => RuleKind::Forbidden,
             Self::InvalidField { .. }
             | Self::Discontinued
             | Self::NameUnchanged
@@ -249,6 +253,11 @@ fn validate_name(name: &str) -> Result<(), ProductError> {
     }
     // The limit applies to what is stored (the name as given), so padding
     // cannot smuggle an arbitrarily long value into the event store.
+    if name.contains('\0') {
+        // Postgres text cannot hold U+0000: the read model could never store
+        // the event (it would become a dead letter).
+        return Err(invalid("name", "must not contain U+0000 (NUL)"));
+    }
     if name.chars().count() > MAX_NAME_LEN {
         return Err(invalid(
             "name",
@@ -279,6 +288,10 @@ impl Aggregate for Product {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         check_version(command.expected_version, self.version)?;
+        // The catalog is the merchant's: no customer acts on it.
+        if command.acting_for.is_some() {
+            return Err(ProductError::ForbiddenCustomer);
+        }
         let event = self.decide(command.command)?;
         emit(sink, self, event).await;
         Ok(())
@@ -592,6 +605,22 @@ mod tests {
     }
 
     // --- rename ------------------------------------------------------------
+
+    #[test]
+    fn customers_cannot_change_the_catalog() {
+        Fixture::with(())
+            .given(vec![created()])
+            .when(Guarded::from(rename("Mine now")).acting_for(Some(uuid::Uuid::from_u128(7))))
+            .then_expect_error(ProductError::ForbiddenCustomer);
+    }
+
+    #[test]
+    fn a_name_with_nul_is_rejected() {
+        Fixture::with(())
+            .given(vec![created()])
+            .when(rename("nul\0byte").into())
+            .then_expect_error(invalid_field("name", "must not contain U+0000 (NUL)"));
+    }
 
     #[test]
     fn rename_emits_renamed() {
