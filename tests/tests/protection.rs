@@ -154,8 +154,13 @@ fn sample(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// One series of `base_url`'s `/metrics`; None if absent or not answered
+/// within 5 s.
 async fn metric(base_url: &str, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base_url}/metrics"))
+    let text = reqwest::Client::new()
+        .get(format!("{base_url}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
         .await
         .ok()?
         .text()
