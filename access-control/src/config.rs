@@ -116,6 +116,27 @@ pub enum AuthConfigError {
     },
 }
 
+/// For a service's `Config::from_env`, whose one error is [`ConfigError`]:
+/// each problem of [`AuthConfig::from_env`] names the variable to fix.
+impl From<AuthConfigError> for ConfigError {
+    fn from(error: AuthConfigError) -> Self {
+        // Every message names variables, lengths and paths, never a secret.
+        let reason = error.to_string();
+        let name = match error {
+            AuthConfigError::Env(error) => return error,
+            AuthConfigError::MissingSecret { .. }
+            | AuthConfigError::ConflictingSecrets
+            | AuthConfigError::SecretTooShort { .. } => "JWT_SECRET",
+            AuthConfigError::KeyNotForAlgorithm { name, .. }
+            | AuthConfigError::ReadKeyFile { name, .. } => name,
+            AuthConfigError::PrivateKey { .. } | AuthConfigError::InvalidPublicKey { .. } => {
+                "JWT_PUBLIC_KEY_FILE"
+            }
+        };
+        ConfigError::Unusable { name, reason }
+    }
+}
+
 impl AuthConfig {
     /// Reads the configuration from the environment:
     ///
@@ -336,4 +357,35 @@ fn public_key(algorithm: Algorithm, pem: &[u8]) -> Result<VerificationKey, AuthC
             algorithm,
             reason: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_convert_to_config_errors_naming_the_variable() {
+        let short = AuthConfig::hs256("a secret", "i", "a").expect_err("too short");
+        let converted = ConfigError::from(short);
+        assert!(
+            matches!(
+                converted,
+                ConfigError::Unusable {
+                    name: "JWT_SECRET",
+                    ..
+                }
+            ),
+            "{converted:?}"
+        );
+        assert_eq!(
+            converted.to_string(),
+            "environment variable JWT_SECRET: the JWT secret is 8 bytes long; at least 32 are \
+             required"
+        );
+        let env = AuthConfigError::Env(ConfigError::Missing { name: "JWT_ISSUER" });
+        assert!(matches!(
+            ConfigError::from(env),
+            ConfigError::Missing { name: "JWT_ISSUER" }
+        ));
+    }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use access_control::{AuthConfig, AuthConfigError};
+use access_control::AuthConfig;
 use event_bus::TopicSettings;
 use service_runtime::breaker::BreakerSettings;
 use service_runtime::config::{optional, redact_url, required, ConfigError};
@@ -85,17 +85,8 @@ impl RelayConfig {
     };
 }
 
-/// A variable of the environment is missing or invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigReadError {
-    #[error(transparent)]
-    Env(#[from] ConfigError),
-    #[error(transparent)]
-    Auth(#[from] AuthConfigError),
-}
-
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigReadError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             http_addr: optional("COMMAND_HTTP_ADDR", "127.0.0.1:8080".to_owned())?,
             database_url: required("PRIMARY_DATABASE_URL")?,

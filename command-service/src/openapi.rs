@@ -17,9 +17,6 @@
 //! body). Each has a unit test that serializes the real value and compares
 //! its fields with the mirror's schema, so they cannot drift silently.
 
-use std::sync::LazyLock;
-
-use actix_web::HttpResponse;
 use problem_details::openapi::{header, string_matching, SecurityAddon};
 use utoipa::openapi::header::Header;
 use utoipa::openapi::{ObjectBuilder, Type};
@@ -100,35 +97,9 @@ Integers in bodies must be written as JSON integers: `1.0` or `1e3` is refused (
 )]
 pub struct ApiDoc;
 
-/// The document, as served and checked in: pretty-printed with a trailing newline.
-pub fn document_json() -> &'static str {
-    static JSON: LazyLock<String> = LazyLock::new(|| {
-        // Serializing a tree of plain structs and maps cannot fail.
-        let mut json = ApiDoc::openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        json.push('\n');
-        json
-    });
-    &JSON
-}
-
-/// This OpenAPI document
-///
-/// The same JSON as `docs/openapi/command-service.json` in the repository.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    operation_id = "openapi",
-    tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this service.",
-        body = serde_json::Value, content_type = "application/json"))
-)]
-pub async fn serve() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(document_json())
-}
+// `CHECKED_IN`, `document_json()` and `serve`, the handler of
+// `GET /openapi.json` listed in `paths` above.
+problem_details::openapi_document!(ApiDoc, "docs/openapi/command-service.json");
 
 // Documentation of the routes whose handlers live in `startup.rs` and
 // `metrics.rs`; these functions are never called.
@@ -292,10 +263,14 @@ fn headers() -> Vec<(&'static str, Header)> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::path::PathBuf;
+    use std::path::Path;
 
     use actix_web::test::{call_service, init_service, read_body, TestRequest};
     use actix_web::{web, App};
+    use problem_details::openapi::testing::{
+        check_checked_in_copy, check_operations_are_named, check_protection, check_references,
+        keys, operations,
+    };
     use serde_json::Value;
 
     use super::*;
@@ -304,29 +279,15 @@ mod tests {
         serde_json::from_str(document_json()).expect("the document is JSON")
     }
 
-    /// Where the checked-in copy lives, relative to the workspace.
-    const CHECKED_IN: &str = "docs/openapi/command-service.json";
-
-    fn checked_in_path() -> PathBuf {
-        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        crate_dir.parent().unwrap_or(crate_dir).join(CHECKED_IN)
-    }
-
     #[test]
     fn checked_in_copy_is_current() {
-        let path = checked_in_path();
-        if std::env::var_os("UPDATE_OPENAPI").is_some() {
-            std::fs::write(&path, document_json()).expect("write the checked-in copy");
-            return;
-        }
-        let checked_in: Option<Value> = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok());
-        assert!(
-            checked_in == Some(generated()),
-            "{} is not what the code generates. If the API change is intended, regenerate it \
-             with `UPDATE_OPENAPI=1 cargo test -p command-service --lib openapi` and commit it.",
-            path.display()
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the crate is in the workspace");
+        check_checked_in_copy(
+            document_json(),
+            &workspace.join(CHECKED_IN),
+            "UPDATE_OPENAPI=1 cargo test -p command-service --lib openapi",
         );
     }
 
@@ -346,17 +307,6 @@ mod tests {
             serde_json::from_slice::<Value>(&body).ok(),
             Some(generated())
         );
-    }
-
-    /// Every operation in the document, as (path, method, operation).
-    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
-        let mut found = Vec::new();
-        for (path, item) in doc["paths"].as_object().expect("paths") {
-            for (method, operation) in item.as_object().expect("path item") {
-                found.push((path.clone(), method.clone(), operation.clone()));
-            }
-        }
-        found
     }
 
     #[test]
@@ -388,42 +338,18 @@ mod tests {
         .map(|(p, m)| (p.to_owned(), m.to_owned()))
         .collect();
         assert_eq!(routes, expected);
-        let mut ids = BTreeSet::new();
-        for (path, method, operation) in operations(&doc) {
-            let id = operation["operationId"].as_str().expect("operationId");
-            assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
-            assert!(
-                operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
-                "{method} {path} has no summary"
-            );
-        }
+        check_operations_are_named(&doc);
     }
 
     #[test]
     fn api_operations_are_protected_and_public_ones_are_not() {
         let doc = generated();
-        for (path, method, operation) in operations(&doc) {
-            let public = PUBLIC_PATHS.contains(&path.as_str());
-            if public {
-                assert!(operation.get("security").is_none(), "{method} {path}");
-                assert!(
-                    operation["responses"].get("401").is_none(),
-                    "{method} {path}"
-                );
-                continue;
-            }
-            assert_eq!(
-                operation["security"],
-                serde_json::json!([{ "bearerAuth": ["write"] }]),
-                "{method} {path}"
-            );
-            for status in ["202", "400", "401", "403", "422", "429", "500", "503"] {
-                assert!(
-                    operation["responses"].get(status).is_some(),
-                    "{method} {path} lacks {status}"
-                );
-            }
-        }
+        check_protection(
+            &doc,
+            &PUBLIC_PATHS,
+            "write",
+            &["202", "400", "401", "403", "422", "429", "500", "503"],
+        );
         assert_eq!(
             doc["components"]["securitySchemes"]["bearerAuth"],
             serde_json::json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
@@ -431,44 +357,9 @@ mod tests {
         );
     }
 
-    /// Every `$ref` in `value`.
-    fn refs(value: &Value, found: &mut Vec<String>) {
-        match value {
-            Value::Object(map) => {
-                for (key, value) in map {
-                    match (key.as_str(), value) {
-                        ("$ref", Value::String(target)) => found.push(target.clone()),
-                        _ => refs(value, found),
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
-            _ => {}
-        }
-    }
-
     #[test]
     fn every_reference_resolves_and_every_header_is_defined_once() {
-        let doc = generated();
-        let mut found = Vec::new();
-        refs(&doc, &mut found);
-        assert!(!found.is_empty());
-        for target in found {
-            let pointer = target.strip_prefix('#').expect("local reference");
-            assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
-        }
-        // Headers are only ever references to `components.headers`.
-        for (path, method, operation) in operations(&doc) {
-            for (status, response) in operation["responses"].as_object().expect("responses") {
-                for (name, header) in response["headers"].as_object().into_iter().flatten() {
-                    assert_eq!(
-                        header["$ref"],
-                        format!("#/components/headers/{name}"),
-                        "{method} {path} {status} {name}"
-                    );
-                }
-            }
-        }
+        check_references(&generated());
     }
 
     #[test]
@@ -514,21 +405,7 @@ mod tests {
 
     /// The property names of a component schema.
     fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
-        doc["components"]["schemas"][schema]["properties"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{schema} has properties"))
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    fn keys(value: &Value) -> BTreeSet<String> {
-        value
-            .as_object()
-            .expect("an object")
-            .keys()
-            .cloned()
-            .collect()
+        keys(&doc["components"]["schemas"][schema]["properties"])
     }
 
     #[test]

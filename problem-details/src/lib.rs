@@ -6,8 +6,10 @@
 //! so no error leaves a service as plain text.
 //!
 //! [`openapi`] holds the OpenAPI parts the services' documents share: the
-//! schemas of [`Problem`] and [`FieldError`] and the modifier documenting
-//! what the protection layer answers.
+//! schemas of [`Problem`] and [`FieldError`], the modifier documenting
+//! what the protection layer answers, and [`openapi_document!`], how a
+//! service serves its document (with [`openapi::testing`], how its tests
+//! check it).
 
 pub mod openapi;
 

@@ -10,6 +10,11 @@
 //!   definition of every response header.
 //! - [`header`] and [`string_matching`], to define a service's own response
 //!   headers the same way as the shared ones.
+//! - [`openapi_document!`](crate::openapi_document), built on
+//!   [`pretty_json`] and [`document_response`]: the document as a service
+//!   serves it at `GET /openapi.json` and checks it in.
+//! - [`testing`]: the checks every service's document tests make, among them
+//!   that the checked-in copy is current.
 //!
 //! `FieldError`'s schema is derived from the type itself. `Problem`'s is
 //! derived from a private documentation-only struct: utoipa documents the
@@ -19,6 +24,7 @@
 
 use std::borrow::Cow;
 
+use actix_web::HttpResponse;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::schema::Schema;
@@ -310,6 +316,209 @@ pub fn string_matching(pattern: &str) -> ObjectBuilder {
         .pattern(Some(pattern))
 }
 
+/// `api` as a service serves it at `GET /openapi.json` and checks it in:
+/// pretty-printed JSON with a trailing newline.
+pub fn pretty_json(api: &OpenApi) -> String {
+    // Serializing a tree of plain structs and maps cannot fail.
+    let mut json = api
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    json.push('\n');
+    json
+}
+
+/// The answer to `GET /openapi.json`: `document` (see [`pretty_json`]) as
+/// `application/json`.
+pub fn document_response(document: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document)
+}
+
+/// Defines, in the module that invokes it, what every service needs to serve
+/// its document `$api` (a type deriving `utoipa::OpenApi`):
+///
+/// - `CHECKED_IN`: `$checked_in`, where the checked-in copy lives, relative
+///   to the workspace (see [`testing::check_checked_in_copy`]);
+/// - `document_json()`: the document as [`pretty_json`] renders it, built
+///   once;
+/// - `serve`: the handler of `GET /openapi.json` ([`document_response`]),
+///   with its `#[utoipa::path]`, so that `$api` lists it in `paths(..)`.
+///
+/// The invoking crate depends on `actix-web`, `serde_json` and `utoipa`.
+///
+/// ```ignore
+/// problem_details::openapi_document!(ApiDoc, "docs/openapi/command-service.json");
+/// ```
+#[macro_export]
+macro_rules! openapi_document {
+    ($api:ty, $checked_in:literal) => {
+        /// Where the checked-in copy of the document lives, relative to the
+        /// workspace.
+        pub const CHECKED_IN: &str = $checked_in;
+
+        /// The document, as served and checked in (see
+        /// [`problem_details::openapi::pretty_json`]).
+        pub fn document_json() -> &'static str {
+            static JSON: ::std::sync::LazyLock<String> = ::std::sync::LazyLock::new(|| {
+                $crate::openapi::pretty_json(&<$api as ::utoipa::OpenApi>::openapi())
+            });
+            &JSON
+        }
+
+        /// This OpenAPI document, as `application/json`.
+        #[::utoipa::path(
+            get,
+            path = "/openapi.json",
+            operation_id = "openapi",
+            tag = "operations",
+            summary = "This OpenAPI document",
+            description = concat!("The same JSON as `", $checked_in, "` in the repository."),
+            responses((status = 200, description = "The OpenAPI 3.1 document of this service.",
+                body = serde_json::Value, content_type = "application/json"))
+        )]
+        pub async fn serve() -> ::actix_web::HttpResponse {
+            $crate::openapi::document_response(document_json())
+        }
+    };
+}
+
+/// What the tests of every service's document check the same way. Each
+/// function panics, like an assertion, with a message naming what is wrong.
+pub mod testing {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use serde_json::Value;
+
+    /// Compares `generated` (the document as served) with the checked-in copy
+    /// at `path`, as JSON values. With `UPDATE_OPENAPI` set, writes
+    /// `generated` to `path` instead; the failure message names
+    /// `regenerate_command`, the command that does so.
+    pub fn check_checked_in_copy(generated: &str, path: &Path, regenerate_command: &str) {
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, generated).expect("write the checked-in copy");
+            return;
+        }
+        let checked_in: Option<Value> = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        let generated: Value = serde_json::from_str(generated).expect("the document is JSON");
+        assert!(
+            checked_in == Some(generated),
+            "{} is not what the code generates. If the API change is intended, regenerate it \
+             with `{regenerate_command}` and commit it.",
+            path.display()
+        );
+    }
+
+    /// Every operation in the document, as (path, method, operation).
+    pub fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+        let mut found = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                found.push((path.clone(), method.clone(), operation.clone()));
+            }
+        }
+        found
+    }
+
+    /// The member names of the JSON object `value`.
+    pub fn keys(value: &Value) -> BTreeSet<String> {
+        value
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {value}"))
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Every operation has an `operationId` no other one has, and a summary.
+    pub fn check_operations_are_named(doc: &Value) {
+        let mut ids = BTreeSet::new();
+        for (path, method, operation) in operations(doc) {
+            let id = operation["operationId"].as_str().expect("operationId");
+            assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
+            assert!(
+                operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{method} {path} has no summary"
+            );
+        }
+    }
+
+    /// The operations of `public_paths` have neither security nor a 401;
+    /// every other one requires a bearer token with `required_scope` and
+    /// documents each status of `statuses`.
+    pub fn check_protection(
+        doc: &Value,
+        public_paths: &[&str],
+        required_scope: &str,
+        statuses: &[&str],
+    ) {
+        for (path, method, operation) in operations(doc) {
+            if public_paths.contains(&path.as_str()) {
+                assert!(operation.get("security").is_none(), "{method} {path}");
+                assert!(
+                    operation["responses"].get("401").is_none(),
+                    "{method} {path}"
+                );
+                continue;
+            }
+            assert_eq!(
+                operation["security"],
+                serde_json::json!([{ (super::BEARER_AUTH): [required_scope] }]),
+                "{method} {path}"
+            );
+            for status in statuses {
+                assert!(
+                    operation["responses"].get(*status).is_some(),
+                    "{method} {path} lacks {status}"
+                );
+            }
+        }
+    }
+
+    /// Every `$ref` of the document resolves, and every response header of
+    /// an operation is a reference to its one definition in
+    /// `components.headers`.
+    pub fn check_references(doc: &Value) {
+        let mut found = Vec::new();
+        refs(doc, &mut found);
+        assert!(!found.is_empty());
+        for target in found {
+            let pointer = target.strip_prefix('#').expect("local reference");
+            assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+        }
+        for (path, method, operation) in operations(doc) {
+            for (status, response) in operation["responses"].as_object().expect("responses") {
+                for (name, header) in response["headers"].as_object().into_iter().flatten() {
+                    assert_eq!(
+                        header["$ref"],
+                        format!("#/components/headers/{name}"),
+                        "{method} {path} {status} {name}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every `$ref` in `value`.
+    fn refs(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", Value::String(target)) => found.push(target.clone()),
+                        _ => refs(value, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -318,16 +527,8 @@ mod tests {
     use serde_json::Value;
     use utoipa::OpenApi as _;
 
+    use super::testing::keys;
     use super::*;
-
-    fn keys(value: &Value) -> BTreeSet<String> {
-        value
-            .as_object()
-            .unwrap_or_else(|| panic!("not an object: {value}"))
-            .keys()
-            .cloned()
-            .collect()
-    }
 
     fn schema_json<T: PartialSchema>() -> Value {
         serde_json::to_value(T::schema()).expect("json")

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use access_control::{AuthConfig, AuthConfigError};
+use access_control::AuthConfig;
 use event_bus::TopicSettings;
 use service_runtime::config::{optional, redact_url, required, ConfigError};
 
@@ -50,17 +50,8 @@ pub struct Config {
     pub rate_limits: traffic_control::RateLimitConfig,
 }
 
-/// A variable of the environment is missing or invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigReadError {
-    #[error(transparent)]
-    Env(#[from] ConfigError),
-    #[error(transparent)]
-    Auth(#[from] AuthConfigError),
-}
-
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigReadError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             http_addr: optional("PROJECTOR_HTTP_ADDR", "127.0.0.1:8082".to_owned())?,
             database_url: required("PRIMARY_DATABASE_URL")?,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use access_control::{AuthConfig, AuthConfigError};
+use access_control::AuthConfig;
 use service_runtime::breaker::BreakerSettings;
 use service_runtime::config::{optional, redact_url, required, ConfigError};
 use traffic_control::{ProtectionConfig, RateLimitConfig};
@@ -110,15 +110,6 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
 }
 
-/// A variable of the environment is missing or invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigReadError {
-    #[error(transparent)]
-    Env(#[from] ConfigError),
-    #[error(transparent)]
-    Auth(#[from] AuthConfigError),
-}
-
 /// What to do with a read when no replica is healthy and fresh enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrimaryFallback {
@@ -198,7 +189,7 @@ impl Config {
 
     /// Reads every variable named on the fields; `PRIMARY_DATABASE_URL` and
     /// `REDIS_URL` are required.
-    pub fn from_env() -> Result<Self, ConfigReadError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         let auth = AuthConfig::from_env()?;
         let d = Self::new(String::new(), Vec::new(), String::new(), auth.clone());
         let ms = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {

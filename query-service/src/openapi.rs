@@ -18,9 +18,6 @@
 //! [`crate::routes::health`]). Unit tests serialize real values and compare
 //! their fields with the mirrors' schemas, so they cannot drift silently.
 
-use std::sync::LazyLock;
-
-use actix_web::HttpResponse;
 use chrono::{DateTime, NaiveDate, Utc};
 use problem_details::openapi::{header, string_matching, SecurityAddon};
 use utoipa::openapi::header::Header;
@@ -98,35 +95,9 @@ problems (`application/problem+json`).",
 )]
 pub struct ApiDoc;
 
-/// The document, as served and checked in: pretty-printed with a trailing newline.
-pub fn document_json() -> &'static str {
-    static JSON: LazyLock<String> = LazyLock::new(|| {
-        // Serializing a tree of plain structs and maps cannot fail.
-        let mut json = ApiDoc::openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        json.push('\n');
-        json
-    });
-    &JSON
-}
-
-/// This OpenAPI document
-///
-/// The same JSON as `docs/openapi/query-service.json` in the repository.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    operation_id = "openapi",
-    tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this service.",
-        body = serde_json::Value, content_type = "application/json"))
-)]
-pub async fn serve() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(document_json())
-}
+// `CHECKED_IN`, `document_json()` and `serve`, the handler of
+// `GET /openapi.json` listed in `paths` above.
+problem_details::openapi_document!(ApiDoc, "docs/openapi/query-service.json");
 
 // Documentation of the route whose handler lives in `metrics.rs`; never called.
 
@@ -299,22 +270,18 @@ fn headers() -> Vec<(&'static str, Header)> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::path::PathBuf;
+    use std::path::Path;
 
     use actix_web::test::{call_service, init_service, read_body, TestRequest};
-    use actix_web::{web, App};
+    use actix_web::{web, App, HttpResponse};
+    use problem_details::openapi::testing::{
+        check_checked_in_copy, check_operations_are_named, check_protection, check_references,
+        keys, operations,
+    };
     use schema::money::{Currency, Money};
     use serde_json::Value;
 
     use super::*;
-
-    /// Where the checked-in copy lives, relative to the workspace.
-    const CHECKED_IN: &str = "docs/openapi/query-service.json";
-
-    fn checked_in_path() -> PathBuf {
-        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        crate_dir.parent().unwrap_or(crate_dir).join(CHECKED_IN)
-    }
 
     fn generated() -> Value {
         serde_json::from_str(document_json()).expect("the document is JSON")
@@ -322,19 +289,13 @@ mod tests {
 
     #[test]
     fn checked_in_copy_is_current() {
-        let path = checked_in_path();
-        if std::env::var_os("UPDATE_OPENAPI").is_some() {
-            std::fs::write(&path, document_json()).expect("write the checked-in copy");
-            return;
-        }
-        let checked_in: Option<Value> = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok());
-        assert!(
-            checked_in == Some(generated()),
-            "{} is not what the code generates. If the API change is intended, regenerate it \
-             with `UPDATE_OPENAPI=1 cargo test -p query-service --lib openapi` and commit it.",
-            path.display()
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the crate is in the workspace");
+        check_checked_in_copy(
+            document_json(),
+            &workspace.join(CHECKED_IN),
+            "UPDATE_OPENAPI=1 cargo test -p query-service --lib openapi",
         );
     }
 
@@ -354,17 +315,6 @@ mod tests {
         let response =
             call_service(&app, TestRequest::get().uri("/openapi.json").to_request()).await;
         assert_eq!(read_body(response).await, document_json().as_bytes());
-    }
-
-    /// Every operation in the document, as (path, method, operation).
-    fn operations(doc: &Value) -> Vec<(String, String, Value)> {
-        let mut found = Vec::new();
-        for (path, item) in doc["paths"].as_object().expect("paths") {
-            for (method, operation) in item.as_object().expect("path item") {
-                found.push((path.clone(), method.clone(), operation.clone()));
-            }
-        }
-        found
     }
 
     #[test]
@@ -390,39 +340,21 @@ mod tests {
         .map(str::to_owned)
         .collect();
         assert_eq!(routes, expected);
-        let mut ids = BTreeSet::new();
-        for (path, method, operation) in operations(&doc) {
-            let id = operation["operationId"].as_str().expect("operationId");
-            assert!(ids.insert(id.to_owned()), "duplicate operationId {id}");
-            assert!(
-                operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
-                "{method} {path} has no summary"
-            );
-        }
+        check_operations_are_named(&doc);
     }
 
     #[test]
     fn api_operations_are_protected_and_public_ones_are_not() {
         let doc = generated();
+        check_protection(
+            &doc,
+            &PUBLIC_PATHS,
+            "read",
+            &["200", "304", "400", "401", "403", "429", "500", "503"],
+        );
         for (path, method, operation) in operations(&doc) {
             if PUBLIC_PATHS.contains(&path.as_str()) {
-                assert!(operation.get("security").is_none(), "{method} {path}");
-                assert!(
-                    operation["responses"].get("401").is_none(),
-                    "{method} {path}"
-                );
                 continue;
-            }
-            assert_eq!(
-                operation["security"],
-                serde_json::json!([{ "bearerAuth": ["read"] }]),
-                "{method} {path}"
-            );
-            for status in ["200", "304", "400", "401", "403", "429", "500", "503"] {
-                assert!(
-                    operation["responses"].get(status).is_some(),
-                    "{method} {path} lacks {status}"
-                );
             }
             for status in ["200", "304"] {
                 let headers = keys(&operation["responses"][status]["headers"]);
@@ -435,32 +367,9 @@ mod tests {
         }
     }
 
-    /// Every `$ref` in `value`.
-    fn refs(value: &Value, found: &mut Vec<String>) {
-        match value {
-            Value::Object(map) => {
-                for (key, value) in map {
-                    match (key.as_str(), value) {
-                        ("$ref", Value::String(target)) => found.push(target.clone()),
-                        _ => refs(value, found),
-                    }
-                }
-            }
-            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
-            _ => {}
-        }
-    }
-
     #[test]
-    fn every_reference_resolves() {
-        let doc = generated();
-        let mut found = Vec::new();
-        refs(&doc, &mut found);
-        assert!(!found.is_empty());
-        for target in found {
-            let pointer = target.strip_prefix('#').expect("local reference");
-            assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
-        }
+    fn every_reference_resolves_and_every_header_is_defined_once() {
+        check_references(&generated());
     }
 
     #[test]
@@ -519,15 +428,6 @@ mod tests {
     /// The property names of a component schema.
     fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
         keys(&doc["components"]["schemas"][schema]["properties"])
-    }
-
-    fn keys(value: &Value) -> BTreeSet<String> {
-        value
-            .as_object()
-            .unwrap_or_else(|| panic!("not an object: {value}"))
-            .keys()
-            .cloned()
-            .collect()
     }
 
     fn eur(amount_minor: i64) -> Money {

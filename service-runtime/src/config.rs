@@ -1,10 +1,12 @@
 //! Typed environment variables. Each service's `Config::from_env` reads its
 //! variables through these two functions, so every misconfiguration is
-//! reported the same way: which variable, which value, why.
+//! reported the same way: which variable, why, and which value unless it may
+//! be a secret.
 
 use std::str::FromStr;
 
-/// A variable that is missing or does not parse.
+/// A variable that is missing, does not parse or cannot be used: the one
+/// error of every service's `Config::from_env`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("environment variable {name} is required")]
@@ -15,6 +17,11 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// A variable that cannot be used as configured (e.g. a secret that is
+    /// too short, a key file that cannot be read, a key the algorithm does
+    /// not take). The value is not repeated: it may be a secret.
+    #[error("environment variable {name}: {reason}")]
+    Unusable { name: &'static str, reason: String },
 }
 
 /// The variable `name` parsed as `T`, or an error if it is unset.
