@@ -109,9 +109,17 @@ impl Metrics {
 
 /// `GET /metrics` in the Prometheus text format.
 pub async fn metrics(metrics: web::Data<Metrics>, pool: web::Data<PgPool>) -> HttpResponse {
-    if let Err(error) = metrics.refresh_outbox_lag(&pool).await {
-        // Stale lag gauges are better than no metrics at all.
-        tracing::warn!(%error, "cannot measure outbox lag");
+    // A hung primary must not hang the scrape: that is when the other
+    // metrics matter most. Stale lag gauges are better than none.
+    match tokio::time::timeout(
+        service_runtime::postgres::SCRAPE_QUERY_TIMEOUT,
+        metrics.refresh_outbox_lag(&pool),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cannot measure outbox lag"),
+        Err(_) => tracing::warn!("measuring outbox lag timed out; serving the last values"),
     }
     metrics.pools.observe("primary", &pool);
     let mut body = Vec::new();

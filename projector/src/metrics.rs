@@ -193,25 +193,21 @@ impl Metrics {
 /// The consumer group whose dead letters `/metrics` counts.
 pub struct Group(pub String);
 
-/// `GET /metrics` in the Prometheus text format.
-pub async fn metrics(
-    metrics: web::Data<Metrics>,
-    pool: web::Data<PgPool>,
-    group: web::Data<Group>,
-) -> HttpResponse {
+/// The gauges kept in the database: parked dead letters, and the progress of
+/// rebuilds (they run in another process, `projector rebuild`, and write it
+/// to the `projections` table).
+async fn refresh_from_database(metrics: &Metrics, pool: &PgPool, group: &str) {
     match sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM projector_dead_letters WHERE consumer_group = $1"#,
-        group.0
+        group
     )
-    .fetch_one(pool.get_ref())
+    .fetch_one(pool)
     .await
     {
         Ok(count) => metrics.dead_letters.set(count),
         // A stale gauge is better than no metrics at all.
         Err(error) => tracing::warn!(%error, "cannot count dead letters"),
     }
-    metrics.refresh_lag();
-    metrics.pools.observe("primary", &pool);
     // Rebuilds run in another process (`projector rebuild`): their progress
     // is read from the table they write it to.
     match sqlx::query!(
@@ -219,7 +215,7 @@ pub async fn metrics(
                   (rebuild_started_at IS NOT NULL AND rebuild_finished_at IS NULL) AS "running!"
              FROM projections"#
     )
-    .fetch_all(pool.get_ref())
+    .fetch_all(pool)
     .await
     {
         Ok(rows) => {
@@ -240,6 +236,28 @@ pub async fn metrics(
             }
         }
         Err(error) => tracing::warn!(%error, "cannot read rebuild progress"),
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub async fn metrics(
+    metrics: web::Data<Metrics>,
+    pool: web::Data<PgPool>,
+    group: web::Data<Group>,
+) -> HttpResponse {
+    metrics.refresh_lag();
+    metrics.pools.observe("primary", &pool);
+    // A hung primary must not hang the scrape; stale gauges beat none.
+    if tokio::time::timeout(
+        service_runtime::postgres::SCRAPE_QUERY_TIMEOUT,
+        refresh_from_database(&metrics, &pool, &group.0),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            "reading dead letters and rebuild progress timed out; serving the last values"
+        );
     }
     let mut body = Vec::new();
     match TextEncoder::new().encode(&metrics.registry.gather(), &mut body) {

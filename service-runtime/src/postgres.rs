@@ -81,3 +81,8 @@ impl PoolMetrics {
             .set(i64::from(pool.options().get_max_connections()));
     }
 }
+
+/// Longest a `/metrics` scrape waits for gauges it reads from the database:
+/// a hung database must not hang the scrape (that is when the other metrics
+/// matter most); the gauges keep their last values instead.
+pub const SCRAPE_QUERY_TIMEOUT: Duration = Duration::from_millis(500);

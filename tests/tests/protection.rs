@@ -793,6 +793,20 @@ async fn hung_primary_commands_fail_fast_and_recover() {
             (Err(error), took) => failures.push(format!("no answer after {took:?}: {error}")),
         }
     }
+    // Metrics still answer while the primary hangs: the scrape's database
+    // queries give up after SCRAPE_QUERY_TIMEOUT and keep the last values.
+    let scraped = Instant::now();
+    let metrics = http
+        .get(format!("{}/metrics", service.url))
+        .send()
+        .await
+        .expect("/metrics answers while the primary hangs");
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(
+        scraped.elapsed() < Duration::from_secs(2),
+        "/metrics took {:?} with the primary frozen",
+        scraped.elapsed()
+    );
     drop(primary);
     eprintln!("hung primary: {answers:?}");
     assert!(
