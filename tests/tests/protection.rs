@@ -1064,3 +1064,102 @@ async fn sigterm_drains_in_flight_commands_and_exits_cleanly() {
         answered.iter().max().unwrap()
     );
 }
+
+// ---------------------------------------------------------------------------
+// 7. The projector commits its batch on SIGTERM
+// ---------------------------------------------------------------------------
+
+/// SIGTERM while a batch is being applied: the projector finishes and
+/// commits that batch (its offsets are stored with it), then exits 0; it
+/// does not abandon the transaction. The batch is held in flight by a lock
+/// on `product_catalog` that the test releases after the signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_projector_commit_its_batch() {
+    let _serial = SERIAL.lock().await;
+    replicated_product().await;
+    let stack = stack();
+    let group = format!("sigterm-{}", Uuid::new_v4().simple());
+    let primary = sqlx::PgPool::connect(&stack.primary_url).await.unwrap();
+    let mut hold = primary.begin().await.unwrap();
+    sqlx::query("LOCK TABLE product_catalog IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+
+    // A group of its own reads the topics from the start: at least the
+    // product above, so its first batch writes product_catalog and waits.
+    let log = std::fs::File::create(stack.dir.join("logs").join(format!("{group}.log"))).unwrap();
+    let mut projector = Command::new(workspace_binary("projector"))
+        .envs(protection_env())
+        .env("PRIMARY_DATABASE_URL", &stack.primary_url)
+        .env("REDIS_URL", &stack.redis_url)
+        .env("KAFKA_BROKERS", &stack.brokers)
+        .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
+        .env("PROJECTOR_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("PROJECTOR_GROUP_ID", &group)
+        .env("PROJECTOR_BATCH_TIMEOUT_MS", "20")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    eventually(
+        "the projector's batch waits for the lock",
+        Duration::from_secs(30),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                  WHERE NOT granted AND relation = 'product_catalog'::regclass",
+            )
+            .fetch_one(&primary)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(projector.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early = projector.try_wait().unwrap();
+    hold.rollback().await.unwrap();
+    assert!(
+        early.is_none(),
+        "the projector exited ({early:?}) with its batch still open"
+    );
+    let signalled = Instant::now();
+    let exit = loop {
+        if let Some(exit) = projector.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the projector did not exit within 10 s of its batch's lock being released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "projector exit status {exit}");
+    // The batch committed: its offsets (written in the same transaction as
+    // its read-model rows) are stored for the group.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM projector_offsets WHERE consumer_group = $1",
+    )
+    .bind(&group)
+    .fetch_one(&primary)
+    .await
+    .unwrap();
+    assert!(
+        stored > 0,
+        "no offsets stored for {group}: the in-flight batch was abandoned"
+    );
+    eprintln!(
+        "projector SIGTERM: exited 0 {:?} after the lock was released, {stored} offsets committed",
+        signalled.elapsed()
+    );
+}
