@@ -140,12 +140,11 @@ impl Stack {
         let pidfile = self.dir.join("run").join(format!("{component}.pid"));
         let pid = std::fs::read_to_string(&pidfile)
             .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.trim())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {component} failed");
+        let pid = pid
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
+        signal_pid(pid, signal);
     }
 
     /// Sends `signal` to the primary's postmaster and all its children:
@@ -539,6 +538,12 @@ pub struct CommandServiceProcess {
 impl CommandServiceProcess {
     /// Starts one; its log goes to `<stack dir>/logs/command-service-<name>.log`.
     pub fn spawn(name: &str) -> Self {
+        Self::spawn_with(name, &[])
+    }
+
+    /// [`CommandServiceProcess::spawn`] with `overrides` of its environment
+    /// (e.g. `REQUEST_TIMEOUT_MS`).
+    pub fn spawn_with(name: &str, overrides: &[(&str, &str)]) -> Self {
         let stack = STACK
             .get()
             .expect("start the stack before spawning processes");
@@ -563,12 +568,27 @@ impl CommandServiceProcess {
             .env("RELAY_LEASE_RETRY_MS", "100")
             .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
             .env("RUST_LOG", "info")
+            .envs(overrides.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("spawn command-service");
         Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `signal` (e.g. `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        signal_pid(self.child.id(), signal);
+    }
+
+    /// Its exit status if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
     /// `leader`, `standby` or `disabled`, or None if it does not answer.
@@ -579,6 +599,16 @@ impl CommandServiceProcess {
         let body: serde_json::Value = response.json().await.ok()?;
         body["role"].as_str().map(str::to_owned)
     }
+}
+
+/// `kill -<signal> <pid>`.
+fn signal_pid(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 impl Drop for CommandServiceProcess {
@@ -613,16 +643,24 @@ pub fn projector_cli(args: &[&str], env: &[(&str, &str)]) -> String {
 }
 
 /// A projector running as a process of its own (so it can be `kill -9`ed),
-/// in consumer group `projector`, against the stack of this binary. Killed
+/// in consumer group `projector` (unless overridden), against the stack of
+/// this binary. Killed
 /// with SIGKILL when dropped.
 pub struct ProjectorProcess {
     child: std::process::Child,
     pub port: u16,
+    log_path: PathBuf,
 }
 
 impl ProjectorProcess {
     /// Starts one; its log goes to `<stack dir>/logs/projector-<name>.log`.
     pub fn spawn(name: &str) -> Self {
+        Self::spawn_with(name, &[])
+    }
+
+    /// [`ProjectorProcess::spawn`] with `overrides` of its environment (e.g.
+    /// a `PROJECTOR_GROUP_ID` of its own, `LOG_FORMAT=json`).
+    pub fn spawn_with(name: &str, overrides: &[(&str, &str)]) -> Self {
         let stack = STACK
             .get()
             .expect("start the stack before spawning processes");
@@ -631,7 +669,7 @@ impl ProjectorProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log_path)
+            .open(&log_path)
             .expect("log file");
         let child = Command::new(workspace_binary("projector"))
             .envs(protection_env())
@@ -645,12 +683,32 @@ impl ProjectorProcess {
             .env("PROJECTOR_MAX_ATTEMPTS", "3")
             .env("PROJECTOR_SESSION_TIMEOUT_MS", "6000")
             .env("RUST_LOG", "info,projector::batch=debug")
+            .envs(overrides.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("spawn projector");
-        Self { child, port }
+        Self {
+            child,
+            port,
+            log_path,
+        }
+    }
+
+    /// Where its stdout and stderr go.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Sends `signal` (e.g. `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        signal_pid(self.child.id(), signal);
+    }
+
+    /// Its exit status if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
     /// Its Prometheus metrics, or None if it does not answer.

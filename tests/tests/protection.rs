@@ -9,13 +9,12 @@
 //! latencies that any concurrent test on this two-core machine would skew.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use access_control::Scope;
 use e2e_tests::{
-    client, client_builder, create_product, eventually, free_port, protection_env, stack, token,
-    wait_for_relay_to_drain, workspace_binary, CommandService, QueryService, Stack,
+    client, client_builder, create_product, eventually, stack, token, wait_for_relay_to_drain,
+    CommandService, CommandServiceProcess, ProjectorProcess, QueryService, Stack,
 };
 use reqwest::header::{HeaderMap, AUTHORIZATION};
 use reqwest::StatusCode;
@@ -917,56 +916,6 @@ async fn kafka_breaker_opens_while_broker_is_down_and_closes_after() {
 // 6. Graceful SIGTERM
 // ---------------------------------------------------------------------------
 
-/// A command-service binary with the stack's settings (as
-/// [`e2e_tests::CommandServiceProcess`] starts it), owned here so the test
-/// can signal it and wait for its exit status. Killed when dropped.
-struct Process {
-    child: Child,
-    port: u16,
-}
-
-impl Process {
-    fn spawn() -> Self {
-        let stack = stack();
-        let port = free_port();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(stack.dir.join("logs").join("command-service-sigterm.log"))
-            .unwrap();
-        let child = Command::new(workspace_binary("command-service"))
-            .envs(protection_env())
-            .env("PRIMARY_DATABASE_URL", &stack.primary_url)
-            .env("REDIS_URL", &stack.redis_url)
-            .env("KAFKA_BROKERS", &stack.brokers)
-            .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
-            .env("COMMAND_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("PRIMARY_POOL_SIZE", "4")
-            .env("RELAY_LEASE_RETRY_MS", "100")
-            .env("RELAY_DELIVERY_TIMEOUT_MS", "3000")
-            // The frozen primary holds the commands for about a second.
-            .env("REQUEST_TIMEOUT_MS", "10000")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn command-service");
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// SIGTERM with 20 commands in flight: every one is answered 202 (drained,
 /// not reset), the process exits 0 within 10 s and its port is closed.
 ///
@@ -981,7 +930,10 @@ async fn sigterm_drains_in_flight_commands_and_exits_cleanly() {
     let _serial = SERIAL.lock().await;
     replicated_product().await;
     let stack = stack();
-    let mut process = Process::spawn();
+    // The held lock keeps the commands waiting about a second: well inside
+    // the deadline, so they are drained, not timed out.
+    let mut process =
+        CommandServiceProcess::spawn_with("sigterm", &[("REQUEST_TIMEOUT_MS", "10000")]);
     let url = process.url();
     let http = client_builder()
         .timeout(Duration::from_secs(20))
@@ -1014,14 +966,10 @@ async fn sigterm_drains_in_flight_commands_and_exits_cleanly() {
         || async { (metric(&url, "http_requests_in_flight").await == Some(20.0)).then_some(()) },
     )
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &process.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -TERM");
+    process.signal("TERM");
     let terminated = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let early_exit = process.child.try_wait().unwrap();
+    let early_exit = process.exited();
     hold.rollback().await.unwrap();
     assert!(
         early_exit.is_none(),
@@ -1043,7 +991,7 @@ async fn sigterm_drains_in_flight_commands_and_exits_cleanly() {
         failures.join("\n")
     );
     let exit = eventually("the process exits", Duration::from_secs(10), || {
-        let exited = process.child.try_wait().unwrap();
+        let exited = process.exited();
         async move { exited }
     })
     .await;
@@ -1088,22 +1036,8 @@ async fn sigterm_lets_the_projector_commit_its_batch() {
 
     // A group of its own reads the topics from the start: at least the
     // product above, so its first batch writes product_catalog and waits.
-    let log = std::fs::File::create(stack.dir.join("logs").join(format!("{group}.log"))).unwrap();
-    let mut projector = Command::new(workspace_binary("projector"))
-        .envs(protection_env())
-        .env("PRIMARY_DATABASE_URL", &stack.primary_url)
-        .env("REDIS_URL", &stack.redis_url)
-        .env("KAFKA_BROKERS", &stack.brokers)
-        .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
-        .env("PROJECTOR_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("PROJECTOR_GROUP_ID", &group)
-        .env("PROJECTOR_BATCH_TIMEOUT_MS", "20")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut projector =
+        ProjectorProcess::spawn_with(&group, &[("PROJECTOR_GROUP_ID", group.as_str())]);
     eventually(
         "the projector's batch waits for the lock",
         Duration::from_secs(30),
@@ -1120,14 +1054,9 @@ async fn sigterm_lets_the_projector_commit_its_batch() {
     )
     .await;
 
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(projector.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -TERM");
+    projector.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let early = projector.try_wait().unwrap();
+    let early = projector.exited();
     hold.rollback().await.unwrap();
     assert!(
         early.is_none(),
@@ -1135,7 +1064,7 @@ async fn sigterm_lets_the_projector_commit_its_batch() {
     );
     let signalled = Instant::now();
     let exit = loop {
-        if let Some(exit) = projector.try_wait().unwrap() {
+        if let Some(exit) = projector.exited() {
             break exit;
         }
         assert!(

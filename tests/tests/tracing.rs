@@ -4,11 +4,9 @@
 //! `traceparent` → the projector's `project` span in its JSON log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use e2e_tests::{client, eventually, stack};
+use e2e_tests::{client, eventually, stack, ProjectorProcess};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use reqwest::StatusCode;
@@ -130,60 +128,38 @@ async fn published_traceparent(aggregate_type: &str, aggregate_id: &str) -> Stri
 
 /// A projector binary of its own, in a consumer group of its own (so it
 /// re-reads every topic without taking partitions from the stack's
-/// projector), logging JSON with the trace target on, to a file. Killed
-/// when dropped.
-struct TracingProjector {
-    child: Child,
-    log: PathBuf,
-}
+/// projector), logging JSON with the trace target on, to a file.
+struct TracingProjector(ProjectorProcess);
 
 impl TracingProjector {
     fn spawn() -> Self {
-        let stack = stack();
+        stack(); // processes join the binary's stack: start it first
         let group = format!("e2e-trace-{}", Uuid::new_v4().simple());
-        let log = stack
-            .dir
-            .join("logs")
-            .join(format!("projector-{group}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(e2e_tests::workspace_binary("projector"))
-            .envs(e2e_tests::protection_env())
-            .env("PRIMARY_DATABASE_URL", &stack.primary_url)
-            .env("REDIS_URL", &stack.redis_url)
-            .env("KAFKA_BROKERS", &stack.brokers)
-            .env("KAFKA_TOPIC_PREFIX", &stack.topic_prefix)
-            .env(
-                "PROJECTOR_HTTP_ADDR",
-                format!("127.0.0.1:{}", e2e_tests::free_port()),
-            )
-            .env("PROJECTOR_GROUP_ID", &group)
-            .env("PROJECTOR_BATCH_TIMEOUT_MS", "20")
-            .env("PROJECTOR_SESSION_TIMEOUT_MS", "6000")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,projector::trace=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn projector");
-        Self { child, log }
+        Self(ProjectorProcess::spawn_with(
+            &group,
+            &[
+                ("PROJECTOR_GROUP_ID", group.as_str()),
+                ("LOG_FORMAT", "json"),
+                ("RUST_LOG", "info,projector::trace=debug"),
+            ],
+        ))
     }
 
-    /// The `event projected` log lines so far, as JSON.
-    fn projected(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
+    /// Its log lines so far, as JSON.
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.0.log_path())
             .unwrap_or_default()
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|line| line["fields"]["message"] == "event projected")
             .collect()
     }
-}
 
-impl Drop for TracingProjector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// The `event projected` log lines so far.
+    fn projected(&self) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|line| line["fields"]["message"] == "event projected")
+            .collect()
     }
 }
 
@@ -363,15 +339,8 @@ async fn a_parked_event_ends_its_trace_as_a_dead_letter_not_as_projected() {
     )
     .await;
     let topic = schema::envelope::topic_for(&stack().topic_prefix, schema::product::AGGREGATE_TYPE);
-    let lines = || {
-        std::fs::read_to_string(&projector.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .collect::<Vec<_>>()
-    };
     let parked = eventually("the poison is parked", CONSISTENCY, || async {
-        lines().into_iter().find(|line| {
+        projector.lines().into_iter().find(|line| {
             line["fields"]["message"] == "event parked as a dead letter"
                 && line.to_string().contains(&trace_id)
                 && line["fields"]["topic"] == topic.as_str()
