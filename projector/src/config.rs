@@ -33,6 +33,13 @@ pub struct Config {
     pub batch_size: usize,
     /// `PROJECTOR_BATCH_TIMEOUT_MS`: longest wait to fill a batch once it has one message.
     pub batch_timeout: Duration,
+    /// `PROJECTOR_FETCH_WAIT_MS` (librdkafka `fetch.wait.max.ms`): how long
+    /// the broker may hold a fetch that finds nothing new. Apache Kafka
+    /// answers a held fetch as soon as data arrives, so there it only bounds
+    /// idle polling; Tansu holds it for the whole wait, which at librdkafka's
+    /// default of 500 ms made that the median projection delay
+    /// (docs/BENCHMARKS.md, Freshness). Raise it on Kafka to poll less.
+    pub fetch_wait: Duration,
     /// `PROJECTOR_SESSION_TIMEOUT_MS`: how long the group waits for a silent
     /// member (e.g. kill -9) before giving its partitions to the others.
     pub session_timeout: Duration,
@@ -61,6 +68,7 @@ impl Config {
             group_id: optional("PROJECTOR_GROUP_ID", "projector".to_owned())?,
             batch_size: optional("PROJECTOR_BATCH_SIZE", 500)?,
             batch_timeout: Duration::from_millis(optional("PROJECTOR_BATCH_TIMEOUT_MS", 50)?),
+            fetch_wait: Duration::from_millis(optional("PROJECTOR_FETCH_WAIT_MS", 10)?),
             session_timeout: Duration::from_millis(optional(
                 "PROJECTOR_SESSION_TIMEOUT_MS",
                 10_000,
@@ -92,6 +100,7 @@ impl fmt::Debug for Config {
             .field("group_id", &self.group_id)
             .field("batch_size", &self.batch_size)
             .field("batch_timeout", &self.batch_timeout)
+            .field("fetch_wait", &self.fetch_wait)
             .field("session_timeout", &self.session_timeout)
             .field("max_attempts", &self.max_attempts)
             .field("partitions", &self.partitions)
@@ -122,6 +131,7 @@ mod tests {
             group_id: "projector".to_owned(),
             batch_size: 500,
             batch_timeout: Duration::from_millis(50),
+            fetch_wait: Duration::from_millis(10),
             session_timeout: Duration::from_secs(10),
             max_attempts: 5,
             partitions: MaintenanceSettings {

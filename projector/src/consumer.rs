@@ -144,6 +144,10 @@ impl Projector {
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "1000")
             .set(
+                "fetch.wait.max.ms",
+                config.fetch_wait.as_millis().to_string(),
+            )
+            .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
             )

@@ -485,6 +485,7 @@ fn run_services(
                         group_id: "projector".to_owned(),
                         batch_size: 500,
                         batch_timeout: Duration::from_millis(20),
+                        fetch_wait: Duration::from_millis(10),
                         session_timeout: Duration::from_secs(6),
                         max_attempts: 3,
                         partitions: projector::partitions::MaintenanceSettings {
