@@ -6,7 +6,7 @@ STACK := deploy/local/stack
 DEMO  := deploy/local/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status logs demo install test lint bench
+.PHONY: help up down status logs demo install test lint bench bench-smoke doctor
 
 help:
 	@echo "make up       install deps, start infra + services, run the demo"
@@ -14,10 +14,12 @@ help:
 	@echo "make status   one line per component"
 	@echo "make logs     tail logs (make logs C=pg-primary for one component)"
 	@echo "make demo     place an order and read it back"
+	@echo "make doctor   ranked bottleneck diagnosis of the running stack (run it under load; ARGS=\"--window 10 --json\")"
 	@echo "make install  install prerequisites (apt packages, tansu)"
 	@echo "make test     install prerequisites, build the binaries, cargo test --workspace --locked --no-fail-fast"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
-	@echo "make bench    benchmarks against pgbench, redis-benchmark, a bare actix handler in the same run -> docs/BENCHMARKS.md"
+	@echo "make bench    baselines (pgbench, redis-benchmark, bare actix, raw rdkafka) at start and end, every workload as a ratio to its baseline, targets, drift -> docs/BENCHMARKS.md"
+	@echo "make bench-smoke  the same suite with tiny sizes and debug binaries in a temp dir (seconds per step; docs/ untouched)"
 
 up:
 	$(STACK) up
@@ -35,6 +37,11 @@ logs:
 demo:
 	$(DEMO)
 
+# Watches the running stack for a window (default 5 s) and ranks what is slow,
+# why, and which lever fits (docs/adr/0015-bottleneck-doctor.md).
+doctor:
+	$(STACK) doctor $(ARGS)
+
 install:
 	$(STACK) install
 
@@ -50,7 +57,14 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-# Own throwaway stack on other ports (see deploy/local/bench); about 20 minutes
-# (write path, projector catch-up from a 200k-event backlog, query reads).
+# Own throwaway stack on other ports (see deploy/local/bench); about 40 minutes
+# (baselines at start and end, write path, projector catch-up from a 200k-event
+# backlog, query reads, freshness, cost growth at 0 and 1M stored events; 10M
+# opt-in: BENCH_COST_GROWTH_SIZES=0,1000000,10000000), then the summary.
 bench:
 	deploy/local/bench
+
+# The suite end to end with tiny sizes (what tests/tests/bench_smoke.rs runs
+# in CI); outputs in BENCH_OUTPUT_DIR (default a temp dir).
+bench-smoke:
+	BENCH_SMOKE=1 deploy/local/bench

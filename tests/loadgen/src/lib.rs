@@ -8,8 +8,12 @@
 
 pub mod append;
 pub mod auth;
+pub mod baselines;
 pub mod catchup;
+pub mod cost_growth;
+pub mod freshness;
 pub mod machine;
+pub mod mix;
 pub mod pgbench;
 pub mod procfs;
 pub mod query_reads;
@@ -18,4 +22,5 @@ pub mod report;
 pub mod service;
 pub mod sql;
 pub mod stats;
+pub mod summary;
 pub mod write_path;

@@ -4,9 +4,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loadgen::append::{self, AppendOptions};
+use loadgen::baselines;
 use loadgen::catchup::{self, CatchupOptions};
 use loadgen::query_reads::{self, QueryReadsOptions};
 use loadgen::report::{self, Section};
+use loadgen::summary;
 use loadgen::write_path::{self, WritePathOptions};
 
 /// Drives the running stack and measures it. Service addresses come from the
@@ -137,6 +139,152 @@ enum Command {
         /// Longest wait for the seeded orders to be projected, seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        #[command(flatten)]
+        outputs: Outputs,
+    },
+    /// The suite's baselines, each once: `--label start` before the
+    /// workloads, `--label end` after them (`loadgen summary` reports the
+    /// drift). pgbench single-row inserts (1, 16 clients) and 100-row
+    /// transactions (1) on the primary, primary-key selects (16, 64) on the
+    /// replica, redis-benchmark GET and the bare actix handler under wrk
+    /// (64), raw rdkafka produce and consume on the broker. Exits non-zero,
+    /// after writing the JSON, if any baseline failed.
+    Baselines {
+        #[arg(long, value_enum)]
+        label: baselines::Label,
+        #[arg(long, env = "PRIMARY_DATABASE_URL")]
+        database_url: String,
+        #[arg(long, env = "REPLICA_DATABASE_URL")]
+        replica_url: String,
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: String,
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        /// The broker's storage engine, recorded with the results.
+        #[arg(long, env = "BROKER_STORAGE")]
+        broker_storage: Option<String>,
+        /// Measured seconds of each baseline.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Unmeasured seconds before each.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Longest wait for replication and for the consumer, seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The command to record (default: this command line).
+        #[arg(long, env = "BENCH_COMMAND")]
+        recorded_command: Option<String>,
+    },
+    /// The suite's summary: every workload against its baseline and target,
+    /// and the start/end baselines' drift, from whichever step results exist
+    /// in `--dir`; rewrites the `summary` and `baselines` blocks of
+    /// `--markdown`.
+    Summary {
+        #[arg(long, default_value = "docs/benchmarks")]
+        dir: PathBuf,
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The suite's command to quote (default: this command line).
+        #[arg(long, env = "BENCH_COMMAND")]
+        recorded_command: Option<String>,
+    },
+    /// A realistic mix of commands and reads against the running stack, open
+    /// loop at `--rate` (latency from each arrival's scheduled time) or closed
+    /// loop at `--concurrency`: per-operation throughput, latency percentiles
+    /// and errors, and freshness (a command's 202 until query-service's
+    /// replica path shows it). Operations for `--mix` (default weight):
+    /// create_product 2, change_price 4, rename_product 2, place_order 10,
+    /// add_line 4, confirm_order 6, cancel_order 2, get_order 30,
+    /// get_order_uncached 15, customer_orders 10, get_product 10,
+    /// list_products 5. Progress on stderr, the table on stdout, every
+    /// figure with --json. Exits 0 even if requests failed (counted).
+    Mix(loadgen::mix::MixArgs),
+    /// The freshness benchmark: the mix open loop at `--load-fraction` (50 %)
+    /// of the maximum command rate (the write-path run's sustained append
+    /// rate, or a closed-loop probe at 16 clients), freshness p50/p99 against
+    /// the command p99, and the peak RSS of the three services. Starts and
+    /// stops command-service (relay), the projector and query-service itself.
+    Freshness {
+        #[arg(long, env = "PRIMARY_DATABASE_URL")]
+        database_url: String,
+        #[command(flatten)]
+        writers: Writers,
+        #[arg(long, env = "QUERY_URL")]
+        query_url: String,
+        #[arg(long, default_value = "target/release/query-service")]
+        query_bin: PathBuf,
+        /// The stack's directory, for CPU per process and the broker storage.
+        #[arg(long, env = "STACK_DIR")]
+        stack_dir: Option<PathBuf>,
+        /// write-path results of the same run (sustained append rate).
+        #[arg(long)]
+        write_path_json: Option<PathBuf>,
+        /// Share of the maximum command rate offered.
+        #[arg(long, default_value_t = 0.5)]
+        load_fraction: f64,
+        /// The mix, as `loadgen mix --mix` (default: loadgen mix's).
+        #[arg(long)]
+        mix: Option<String>,
+        #[command(flatten)]
+        schedule: Schedule,
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        #[command(flatten)]
+        outputs: Outputs,
+    },
+    /// The cost-growth benchmark: append p50/p99 (16 clients) and the
+    /// customer-history query (HTTP through query-service from a replica,
+    /// and its SQL on the replica) with 0 events stored in bulk, then after
+    /// growing the store by SQL to each larger size. EMPTIES the event store
+    /// and the read models first: run it against a benchmark stack only.
+    /// Starts and stops command-service (relay on, cursor moved past the
+    /// bulk events) and query-service itself; the projector, if given, once
+    /// to create the history partitions.
+    CostGrowth {
+        #[arg(long, env = "PRIMARY_DATABASE_URL")]
+        database_url: String,
+        /// The replica the history SQL is explained on.
+        #[arg(long, env = "REPLICA_DATABASE_URL")]
+        replica_url: String,
+        /// Every replica (comma-separated): query-service reads them, the
+        /// run waits for them to replay each chunk (default: --replica-url).
+        #[arg(long, env = "REPLICA_DATABASE_URLS")]
+        replica_urls: Option<String>,
+        #[arg(long, env = "COMMAND_URL")]
+        command_url: String,
+        #[arg(long, default_value = "target/release/command-service")]
+        command_bin: PathBuf,
+        #[arg(long, env = "QUERY_URL")]
+        query_url: String,
+        #[arg(long, default_value = "target/release/query-service")]
+        query_bin: PathBuf,
+        /// Without it the history partitions are not created (rows of
+        /// months without one land in the DEFAULT partition).
+        #[arg(long)]
+        projector_bin: Option<PathBuf>,
+        #[arg(long, env = "PROJECTOR_URL", default_value = "http://127.0.0.1:18082")]
+        projector_url: String,
+        /// Events written in bulk before each measurement (10M is opt-in:
+        /// about 15 minutes of inserts here).
+        #[arg(long, value_delimiter = ',', default_value = "0,1000000")]
+        sizes: Vec<u64>,
+        /// Events per bulk statement.
+        #[arg(long, default_value_t = loadgen::cost_growth::data::CHUNK_EVENTS)]
+        chunk_events: u64,
+        /// Longest wait for the replicas to replay a chunk, seconds.
+        #[arg(long, default_value_t = 600)]
+        replica_timeout: u64,
+        #[command(flatten)]
+        schedule: Schedule,
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
         #[command(flatten)]
@@ -279,6 +427,139 @@ async fn main() -> anyhow::Result<()> {
             };
             outputs.publish(&query_reads::run(&options, outputs.command()).await?)?;
         }
+        Command::Baselines {
+            label,
+            database_url,
+            replica_url,
+            redis_url,
+            brokers,
+            broker_storage,
+            duration,
+            warmup,
+            timeout,
+            work_dir,
+            json,
+            recorded_command,
+        } => {
+            let options = baselines::BaselinesOptions {
+                label,
+                primary_url: database_url,
+                replica_url,
+                redis_url,
+                brokers,
+                broker_storage,
+                warmup: Duration::from_secs(warmup),
+                duration: Duration::from_secs(duration),
+                timeout: Duration::from_secs(timeout),
+                work_dir,
+            };
+            let command = recorded_command.unwrap_or_else(command_line);
+            let results = baselines::run(&options, command).await?;
+            print!("{}", results.table());
+            if let Some(path) = &json {
+                std::fs::write(path, serde_json::to_string_pretty(&results)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if !results.failures.is_empty() {
+                let failed: Vec<&String> = results.failures.keys().collect();
+                anyhow::bail!("baselines failed: {failed:?}");
+            }
+        }
+        Command::Summary {
+            dir,
+            markdown,
+            json,
+            recorded_command,
+        } => {
+            let inputs = summary::Inputs::read(&dir)?;
+            let results =
+                summary::summarize(&inputs, recorded_command.unwrap_or_else(command_line));
+            println!("{}", results.render_summary());
+            println!("{}", results.render_baselines());
+            results.publish(json.as_deref(), markdown.as_deref())?;
+        }
+        Command::Mix(args) => loadgen::mix::main(&args).await?,
+        Command::Freshness {
+            database_url,
+            writers,
+            query_url,
+            query_bin,
+            stack_dir,
+            write_path_json,
+            load_fraction,
+            mix,
+            schedule,
+            work_dir,
+            outputs,
+        } => {
+            let mix = match &mix {
+                Some(spec) => loadgen::mix::ops::Mix::parse(spec)?,
+                None => loadgen::mix::ops::Mix::default(),
+            };
+            let options = loadgen::freshness::FreshnessOptions {
+                database_url,
+                command_bin: writers.command_bin,
+                command_url: writers.command_url,
+                projector_bin: writers.projector_bin,
+                projector_url: writers.projector_url,
+                query_bin,
+                query_url,
+                stack_dir,
+                write_path_json,
+                repetitions: schedule.repetitions,
+                warmup: schedule.warmup(),
+                duration: schedule.duration(),
+                load_fraction,
+                mix,
+                work_dir,
+            };
+            outputs.publish(&loadgen::freshness::run(&options, outputs.command()).await?)?;
+        }
+        Command::CostGrowth {
+            database_url,
+            replica_url,
+            replica_urls,
+            command_url,
+            command_bin,
+            query_url,
+            query_bin,
+            projector_bin,
+            projector_url,
+            sizes,
+            chunk_events,
+            replica_timeout,
+            schedule,
+            work_dir,
+            outputs,
+        } => {
+            let replica_urls: Vec<String> = replica_urls
+                .as_deref()
+                .unwrap_or(&replica_url)
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let options = loadgen::cost_growth::CostGrowthOptions {
+                database_url,
+                replica_url,
+                replica_urls,
+                command_bin,
+                command_url,
+                query_bin,
+                query_url,
+                projector_bin,
+                projector_url,
+                sizes,
+                repetitions: schedule.repetitions,
+                warmup: schedule.warmup(),
+                duration: schedule.duration(),
+                chunk_events,
+                replica_timeout: Duration::from_secs(replica_timeout),
+                work_dir,
+            };
+            outputs.publish(&loadgen::cost_growth::run(&options, outputs.command()).await?)?;
+        }
         Command::BareServer { addr, body_file } => {
             let body = std::fs::read(&body_file)
                 .with_context(|| format!("reading {}", body_file.display()))?;
@@ -294,10 +575,20 @@ impl Command {
     fn calls_api(&self) -> bool {
         match self {
             Self::Append { .. } | Self::WritePath { .. } | Self::QueryReads { .. } => true,
+            // wrk sends the bare handler query-reads' request, token included.
+            Self::Baselines { .. } => true,
+            Self::Summary { .. } => false,
+            Self::Mix(_) | Self::Freshness { .. } => true,
+            Self::CostGrowth { .. } => true,
             // Only /health and /metrics, which are public.
             Self::ProjectorCatchup { .. } | Self::BareServer { .. } => false,
         }
     }
+}
+
+/// This process' command line, as a step records it by default.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
 }
 
 /// command-service and the projector, which a benchmark starts and stops

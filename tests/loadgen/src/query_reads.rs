@@ -855,7 +855,7 @@ fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     })
 }
 
-async fn tool_versions() -> BTreeMap<String, String> {
+pub(crate) async fn tool_versions() -> BTreeMap<String, String> {
     let mut tools = BTreeMap::new();
     for (name, args) in [
         ("wrk", &["-v"][..]),
@@ -885,7 +885,7 @@ async fn tool_versions() -> BTreeMap<String, String> {
 /// no header table of its own, so the script starts from a copy of them.
 /// Requests are formatted once per thread. At the end one JSON line with
 /// the counts and the latency percentiles (µs).
-const WRK_SCRIPT: &str = r#"-- written by `loadgen query-reads`
+pub(crate) const WRK_SCRIPT: &str = r#"-- written by `loadgen query-reads`
 local threads = 0
 function setup(thread)
   threads = threads + 1
@@ -983,25 +983,30 @@ impl WrkSummary {
     }
 }
 
-struct Wrk {
-    script: PathBuf,
-    ids_file: PathBuf,
-    connections: usize,
-    threads: usize,
+pub(crate) struct Wrk {
+    pub(crate) script: PathBuf,
+    pub(crate) ids_file: PathBuf,
+    pub(crate) connections: usize,
+    pub(crate) threads: usize,
     /// The `Authorization` header's value, sent to every server measured.
-    authorization: String,
+    pub(crate) authorization: String,
 }
 
 impl Wrk {
     /// An unmeasured run (none if `warmup` is zero).
-    async fn warm(&self, base_url: &str, no_cache: bool, warmup: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn warm(
+        &self,
+        base_url: &str,
+        no_cache: bool,
+        warmup: Duration,
+    ) -> anyhow::Result<()> {
         if !warmup.is_zero() {
             self.once(base_url, no_cache, warmup).await?;
         }
         Ok(())
     }
 
-    async fn measure(
+    pub(crate) async fn measure(
         &self,
         name: &str,
         base_url: &str,
@@ -1050,7 +1055,7 @@ impl Wrk {
 
 /// `n` keys named as redis-benchmark's `-r n` names them
 /// (`key:000000000000` …), each holding `body`.
-async fn redis_seed(redis_url: &str, n: usize, body: &[u8]) -> anyhow::Result<()> {
+pub(crate) async fn redis_seed(redis_url: &str, n: usize, body: &[u8]) -> anyhow::Result<()> {
     let script = "for i = 0, tonumber(ARGV[1]) - 1 do \
                   redis.call('SET', string.format('key:%012d', i), ARGV[2]) end \
                   return tonumber(ARGV[1])";
@@ -1067,7 +1072,7 @@ async fn redis_seed(redis_url: &str, n: usize, body: &[u8]) -> anyhow::Result<()
     .await
 }
 
-async fn redis_unseed(redis_url: &str, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn redis_unseed(redis_url: &str, n: usize) -> anyhow::Result<()> {
     let script = "for i = 0, tonumber(ARGV[1]) - 1 do \
                   redis.call('DEL', string.format('key:%012d', i)) end \
                   return tonumber(ARGV[1])";
@@ -1094,24 +1099,28 @@ async fn redis_cli(redis_url: &str, args: &[&str]) -> anyhow::Result<()> {
 
 /// `redis-benchmark -t get` over the seeded keys, with as many clients
 /// and threads as wrk has connections and threads.
-struct RedisBenchmark<'a> {
-    url: &'a str,
-    keys: usize,
-    clients: usize,
-    threads: usize,
+pub(crate) struct RedisBenchmark<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) keys: usize,
+    pub(crate) clients: usize,
+    pub(crate) threads: usize,
 }
 
 impl RedisBenchmark<'_> {
     /// redis-benchmark runs a number of requests, not a time: an unmeasured
     /// run of about `warmup` tells the rate, and the measured run gets rate ×
     /// `duration` requests.
-    async fn requests_for(&self, warmup: Duration, duration: Duration) -> anyhow::Result<u64> {
+    pub(crate) async fn requests_for(
+        &self,
+        warmup: Duration,
+        duration: Duration,
+    ) -> anyhow::Result<u64> {
         let probe = ((50_000.0 * warmup.as_secs_f64()) as u64).max(20_000);
         let rate = self.get(probe).await?.ops_per_s.max(1_000.0);
         Ok(((rate * duration.as_secs_f64()) as u64).max(1_000))
     }
 
-    async fn get(&self, requests: u64) -> anyhow::Result<Measurement> {
+    pub(crate) async fn get(&self, requests: u64) -> anyhow::Result<Measurement> {
         let mut command = Command::new("redis-benchmark");
         command
             .args(["-u", self.url, "-t", "get", "--csv"])
@@ -1225,13 +1234,13 @@ async fn bare_order(id: web::Path<Uuid>, body: web::Data<web::Bytes>) -> HttpRes
 }
 
 /// `loadgen bare-server` as a child process on a free port.
-struct BareServer {
-    child: Child,
-    url: String,
+pub(crate) struct BareServer {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl BareServer {
-    async fn start(body_file: &Path, log: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn start(body_file: &Path, log: &Path) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -1268,7 +1277,7 @@ impl BareServer {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.child.kill().await.ok();
     }
 }
