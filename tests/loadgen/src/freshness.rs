@@ -8,7 +8,10 @@
 //! query-service itself, on Kafka topics of its own (`freshness-<run>.*`,
 //! a fresh consumer group). The maximum command rate is the write-path
 //! run's sustained append rate (most clients, `--write-path-json`) if given,
-//! else a closed-loop probe of the mix's commands alone at 16 clients. The
+//! else the commands/s of a closed-loop probe of the whole mix at 16
+//! clients: the mix's reads compete with its commands for the same cores, so
+//! only the mix itself says what its maximum is (`make bench` probes; half of
+//! write-path's price-change rate overloaded the mix on 2 cores). The
 //! measured runs offer the whole mix open loop at `load_fraction` of it in
 //! commands, reads in the mix's proportion. While they run, the services'
 //! `/metrics` are sampled every [`SAMPLE_EVERY`]: the outbox lag (commit →
@@ -276,14 +279,14 @@ pub async fn run(
         Some(rate) => rate,
         None => {
             eprintln!(
-                "== maximum command rate: closed loop, {PROBE_CLIENTS} clients, commands only"
+                "== maximum command rate: the whole mix, closed loop, {PROBE_CLIENTS} clients"
             );
             let mut probe = MixOptions::new(
                 &options.command_url,
                 &options.query_url,
                 Load::Concurrency(PROBE_CLIENTS),
             );
-            probe.mix = options.mix.commands_only().map_err(MixError::from)?;
+            probe.mix = options.mix.clone();
             probe.duration = options.duration;
             probe.warmup = options.warmup;
             let results = mix::run(&probe, std::future::pending()).await?;
@@ -798,7 +801,7 @@ pub fn render(results: &FreshnessResults) -> String {
             rate.run_date.as_deref().unwrap_or("?")
         ),
         _ => format!(
-            "a closed-loop probe of the mix's commands at {} clients",
+            "the commands/s of a closed-loop probe of the whole mix at {} clients",
             rate.clients
         ),
     };

@@ -231,16 +231,6 @@ impl Mix {
         commands as f64 / self.total as f64
     }
 
-    /// The commands of this mix alone, in the same proportions.
-    pub fn commands_only(&self) -> Result<Self, MixSpecError> {
-        Self::from_weights(
-            self.weights
-                .iter()
-                .copied()
-                .filter(|(op, _)| op.is_command()),
-        )
-    }
-
     /// The operations sent, with their weights.
     pub fn ops(&self) -> impl Iterator<Item = (Op, u32)> + '_ {
         self.weights.iter().copied()
@@ -400,18 +390,6 @@ mod tests {
             .filter(|_| sequence.next_op() == Op::CreateProduct)
             .collect();
         assert!(at[1] - at[0] >= 30, "{at:?}");
-    }
-
-    #[test]
-    fn commands_only_keeps_the_proportions() {
-        let commands = Mix::default().commands_only().unwrap();
-        assert!((commands.command_share() - 1.0).abs() < 1e-9);
-        assert_eq!(commands.weights()["place_order"], 10);
-        assert!(!commands.weights().contains_key("get_order"));
-        assert_eq!(
-            Mix::parse("get_order=1").unwrap().commands_only(),
-            Err(MixSpecError::Empty)
-        );
     }
 
     #[test]
