@@ -34,6 +34,8 @@ use crate::stats::{latency_histogram, Latency};
 const SEED_CONCURRENCY: usize = 16;
 /// Longest wait for the seeded entities to be readable on query-service.
 const SEED_VISIBLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Tries of one seeding command (see `seed_command`).
+const SEED_ATTEMPTS: u32 = 6;
 /// Most freshness probes polling at once; a sampled command beyond that is
 /// counted as `skipped_busy`, so polling cannot swamp query-service.
 pub const MAX_PROBES: usize = 256;
@@ -371,27 +373,58 @@ impl StackExecutor {
         })
     }
 
+    /// Sends one seeding command, retrying what a real client retries (503
+    /// and 429, honouring `Retry-After`, and transport errors) with the same
+    /// `Idempotency-Key`, so that a stall of the primary (a slow checkpoint
+    /// once held commits for 8 s here) does not fail a whole benchmark run.
     async fn seed_command(&self, path: &str, body: serde_json::Value) -> Result<Uuid, MixError> {
         let url = format!("{}{path}", self.command);
-        let response = self
-            .client
-            .post(&url)
-            .header("idempotency-key", Uuid::new_v4().to_string())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|source| MixError::Seed {
-                url: url.clone(),
-                detail: source.to_string(),
-            })?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        match serde_json::from_str::<Accepted>(&text) {
-            Ok(accepted) if status == reqwest::StatusCode::ACCEPTED => Ok(accepted.aggregate_id),
-            _ => Err(MixError::Seed {
-                url,
-                detail: format!("{status}: {text}"),
-            }),
+        let key = Uuid::new_v4().to_string();
+        let mut attempt = 1;
+        loop {
+            let failure = match self
+                .client
+                .post(&url)
+                .header("idempotency-key", &key)
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let text = response.text().await.unwrap_or_default();
+                    match serde_json::from_str::<Accepted>(&text) {
+                        Ok(accepted) if status == reqwest::StatusCode::ACCEPTED => {
+                            return Ok(accepted.aggregate_id)
+                        }
+                        _ if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                            || status == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                        {
+                            (format!("{status}: {text}"), retry_after.unwrap_or(1))
+                        }
+                        _ => {
+                            return Err(MixError::Seed {
+                                url,
+                                detail: format!("{status}: {text}"),
+                            })
+                        }
+                    }
+                }
+                Err(source) => (source.to_string(), 1),
+            };
+            if attempt >= SEED_ATTEMPTS {
+                return Err(MixError::Seed {
+                    url,
+                    detail: format!("{} (after {attempt} attempts)", failure.0),
+                });
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_secs(failure.1.min(5))).await;
         }
     }
 
