@@ -897,15 +897,7 @@ pub fn render(results: &FreshnessResults) -> String {
             run.cpu.machine_busy_cores
         ));
     }
-    out.push_str("\n| target | measured | |\n|---|---|---|\n");
-    for v in verdicts(results) {
-        out.push_str(&format!(
-            "| {} | {} | {} |\n",
-            v.target,
-            v.measured,
-            if v.met { "met" } else { "**missed**" }
-        ));
-    }
+    out.push_str(&report::verdict_table(&verdicts(results)));
     if let Some(bottleneck) = &results.bottleneck {
         out.push_str(&format!("\nBottleneck: {bottleneck}.\n"));
     }

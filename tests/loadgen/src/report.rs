@@ -198,7 +198,7 @@ fn series_row(measurements: &[Measurement], name: &str, clients: usize, label: &
 }
 
 /// The targets' table: a row for each verdict.
-fn verdict_table(verdicts: &[Verdict]) -> String {
+pub fn verdict_table(verdicts: &[Verdict]) -> String {
     let mut out = String::from("\n| target | measured | |\n|---|---|---|\n");
     for v in verdicts {
         out.push_str(&format!(
@@ -670,7 +670,7 @@ fn query_reads_keys(results: &QueryReadsResults) -> Vec<(&'static str, usize)> {
 }
 
 /// Where the cores went in a missed workload's runs, in one sentence.
-fn query_reads_bottleneck(results: &QueryReadsResults, name: &str) -> Option<String> {
+pub fn query_reads_bottleneck(results: &QueryReadsResults, name: &str) -> Option<String> {
     let runs: Vec<&Run> = results
         .runs
         .iter()

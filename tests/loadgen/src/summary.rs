@@ -584,7 +584,6 @@ fn query_reads_rows(inputs: &Inputs) -> Vec<SummaryRow> {
     let why = inputs.why_missing(STEP);
     let c = r.map_or(64, |r| r.connections);
     let m = r.map_or(&[][..], |r| &r.measurements[..]);
-    let rendered = r.map(report::render_query_reads).unwrap_or_default();
 
     let mut cached = SummaryRow::new(
         "cached_reads",
@@ -605,7 +604,7 @@ fn query_reads_rows(inputs: &Inputs) -> Vec<SummaryRow> {
     let cached = cached
         .at_least(0.5)
         .missing_because(&why)
-        .bottleneck(|| missed_reads_note(&rendered, query_reads::CACHED));
+        .bottleneck(|| r.and_then(|r| report::query_reads_bottleneck(r, query_reads::CACHED)));
 
     // The uncached target's pgbench client count: the first measured.
     let pg_clients = m
@@ -631,27 +630,8 @@ fn query_reads_rows(inputs: &Inputs) -> Vec<SummaryRow> {
     let uncached = uncached
         .at_least(0.4)
         .missing_because(&why)
-        .bottleneck(|| missed_reads_note(&rendered, query_reads::UNCACHED));
+        .bottleneck(|| r.and_then(|r| report::query_reads_bottleneck(r, query_reads::UNCACHED)));
     vec![cached, uncached]
-}
-
-/// The query-reads section's own sentence on where the cores went in the
-/// missed workload `name` (its "Missed." paragraph names each missed
-/// workload by its report label, joined by "; ").
-fn missed_reads_note(rendered: &str, name: &str) -> Option<String> {
-    const PREFIX: &str = "Missed. Where the cores went (this run's medians): ";
-    let label = match name {
-        query_reads::CACHED => "query-service `GET /orders/{id}`, cached:",
-        _ => "query-service `GET /orders/{id}`, uncached",
-    };
-    let paragraph = rendered.lines().find_map(|l| l.strip_prefix(PREFIX))?;
-    let paragraph = paragraph.strip_suffix('.').unwrap_or(paragraph);
-    let start = paragraph.find(label)?;
-    let rest = &paragraph[start..];
-    let end = rest[1..]
-        .find("; query-service `GET")
-        .map_or(rest.len(), |i| i + 1);
-    Some(rest[..end].to_owned())
 }
 
 fn freshness_rows(inputs: &Inputs) -> Vec<SummaryRow> {
@@ -1239,22 +1219,6 @@ mod tests {
         }
         let row = append_growth_row(None, None, "cost-growth.json missing");
         assert_eq!(row.status, Status::NotMeasured);
-    }
-
-    #[test]
-    fn a_missed_read_gets_its_own_part_of_the_steps_note() {
-        let rendered = "x\n\nMissed. Where the cores went (this run's medians): \
-            query-service `GET /orders/{id}`, cached: cores query-service 1.20, redis 0.30; \
-            the machine was CPU-bound (1.95 of 2 busy); query-service `GET /orders/{id}`, \
-            uncached (`Cache-Control: no-cache`, replica): cores postgres replica 0.80; the \
-            machine was not CPU-bound (1.50 of 2 busy).\n";
-        let cached = missed_reads_note(rendered, query_reads::CACHED).unwrap();
-        assert!(cached.starts_with("query-service `GET /orders/{id}`, cached: cores"));
-        assert!(cached.ends_with("(1.95 of 2 busy)"), "{cached}");
-        let uncached = missed_reads_note(rendered, query_reads::UNCACHED).unwrap();
-        assert!(uncached.contains("postgres replica 0.80"));
-        assert!(uncached.ends_with("(1.50 of 2 busy)"), "{uncached}");
-        assert_eq!(missed_reads_note("no note", query_reads::CACHED), None);
     }
 
     #[test]
