@@ -603,18 +603,7 @@ fn saturated_pools(service: &ServiceObservation, t: &Thresholds, out: &mut Vec<F
             pool.max
         )];
         evidence.extend(slowest_routes(service, 2));
-        evidence.extend(
-            service
-                .breakers
-                .iter()
-                .filter(|b| b.open_samples > 0)
-                .map(|b| {
-                    format!(
-                        "breaker {} open in {} of {} samples",
-                        b.breaker, b.open_samples, b.samples
-                    )
-                }),
-        );
+        evidence.extend(open_breaker_evidence(service));
         out.push(finding(
             FindingKind::PoolSaturated,
             Category::Pool,
@@ -637,6 +626,20 @@ fn saturated_pools(service: &ServiceObservation, t: &Thresholds, out: &mut Vec<F
             ),
         ));
     }
+}
+
+/// Evidence lines for the service's breakers that were open in any sample.
+fn open_breaker_evidence(service: &ServiceObservation) -> impl Iterator<Item = String> + '_ {
+    service
+        .breakers
+        .iter()
+        .filter(|b| b.open_samples > 0)
+        .map(|b| {
+            format!(
+                "breaker {} open in {} of {} samples",
+                b.breaker, b.open_samples, b.samples
+            )
+        })
 }
 
 fn slowest_routes(service: &ServiceObservation, n: usize) -> Vec<String> {
@@ -982,18 +985,7 @@ fn outbox_lag(service: &ServiceObservation, t: &Thresholds, out: &mut Vec<Findin
         "outbox_lag_seconds median {lag:.1} s over {} samples",
         service.outbox_lag_secs.len()
     )];
-    evidence.extend(
-        service
-            .breakers
-            .iter()
-            .filter(|b| b.open_samples > 0)
-            .map(|b| {
-                format!(
-                    "breaker {} open in {} of {} samples",
-                    b.breaker, b.open_samples, b.samples
-                )
-            }),
-    );
+    evidence.extend(open_breaker_evidence(service));
     out.push(finding(
         FindingKind::OutboxLag,
         Category::Instances,
