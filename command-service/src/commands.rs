@@ -9,7 +9,7 @@ use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use schema::consistency::ConsistencyToken;
 use schema::envelope::metadata;
 use schema::trace_context::TraceParent;
-use sqlx::PgPool;
+use service_runtime::postgres::Primary;
 use uuid::Uuid;
 
 use crate::aggregate_cache::CachedEventStore;
@@ -95,7 +95,7 @@ fn framework<A: Aggregate<Services = ()> + Clone>(
 /// commit, so a crash in between would lose the event for them. Read models
 /// are fed only from the outbox relay, which cannot skip an event.
 pub struct CommandBus {
-    pool: PgPool,
+    primary: Primary,
     products: Framework<Product>,
     orders: Framework<Order>,
 }
@@ -111,21 +111,21 @@ pub struct CommandContext {
 }
 
 impl CommandBus {
-    pub fn new(pool: PgPool, settings: BusSettings) -> Self {
+    pub fn new(primary: Primary, settings: BusSettings) -> Self {
         let every = settings.snapshot_every.max(1);
         let appends = GroupCommit::start(
-            pool.clone(),
+            primary.clone(),
             GroupCommitSettings {
                 max_batch: settings.append_batch_max,
                 workers: settings.append_workers,
                 idempotency_ttl: settings.idempotency_ttl,
             },
         );
-        let store = || EventStore::new(pool.clone(), appends.clone());
+        let store = || EventStore::new(primary.clone(), appends.clone());
         Self {
             products: framework(store(), every, settings.cached_aggregates),
             orders: framework(store(), every, settings.cached_aggregates),
-            pool,
+            primary,
         }
     }
 
@@ -222,15 +222,21 @@ impl CommandBus {
 
     /// The stored result of `idempotency`'s key, if a command with it completed.
     async fn replay(&self, idempotency: &Idempotency) -> Result<Option<Accepted>, CommandError> {
+        let mut connection = self
+            .primary
+            .acquire()
+            .await
+            .map_err(CommandError::Database)?;
         let row = sqlx::query!(
             r#"SELECT request_hash, aggregate_type, aggregate_id, version, position
                  FROM idempotency_keys
                 WHERE key = $1 AND expires_at > now()"#,
             idempotency.key
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *connection)
         .await
         .map_err(CommandError::Database)?;
+        connection.finish().await.map_err(CommandError::Database)?;
         let Some(row) = row else { return Ok(None) };
         if row.request_hash != idempotency.request_hash {
             return Err(CommandError::IdempotencyKeyReused);

@@ -17,8 +17,18 @@ use service_runtime::config::{optional, redact_url, required, ConfigError};
 pub struct Config {
     /// `COMMAND_HTTP_ADDR`: where the HTTP API listens (`127.0.0.1:0` picks a free port).
     pub http_addr: String,
-    /// `PRIMARY_DATABASE_URL`: the Postgres primary (event store + outbox).
+    /// `PRIMARY_DATABASE_URL`: the Postgres primary (event store + outbox),
+    /// or PgBouncer in front of it (then set `PRIMARY_TRANSACTION_POOLER`).
     pub database_url: String,
+    /// `PRIMARY_TRANSACTION_POOLER` (false): `PRIMARY_DATABASE_URL` is a
+    /// transaction-mode pooler such as PgBouncer, see
+    /// [`service_runtime::postgres::Primary`].
+    pub transaction_pooler: bool,
+    /// `PRIMARY_SESSION_DATABASE_URL` (default `PRIMARY_DATABASE_URL`): the
+    /// primary itself, for what needs a session: the migrations' lock and the
+    /// relay (its leadership is a session-level advisory lock). Required,
+    /// and different, when `PRIMARY_TRANSACTION_POOLER` is true.
+    pub session_database_url: String,
     /// `PRIMARY_POOL_SIZE`: connections to the primary.
     pub pool_size: u32,
     /// `PRIMARY_ACQUIRE_TIMEOUT_MS`: longest wait for a pooled connection.
@@ -87,9 +97,14 @@ impl RelayConfig {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let database_url: String = required("PRIMARY_DATABASE_URL")?;
+        let transaction_pooler = optional("PRIMARY_TRANSACTION_POOLER", false)?;
+        let session_database_url = session_database_url(&database_url, transaction_pooler)?;
         Ok(Self {
             http_addr: optional("COMMAND_HTTP_ADDR", "127.0.0.1:8080".to_owned())?,
-            database_url: required("PRIMARY_DATABASE_URL")?,
+            database_url: database_url.clone(),
+            transaction_pooler,
+            session_database_url,
             pool_size: optional("PRIMARY_POOL_SIZE", 16)?,
             acquire_timeout: Duration::from_millis(optional("PRIMARY_ACQUIRE_TIMEOUT_MS", 2_000)?),
             query_public_url: optional("QUERY_PUBLIC_URL", "http://127.0.0.1:8081".to_owned())?,
@@ -124,6 +139,42 @@ impl Config {
     }
 }
 
+/// `PRIMARY_SESSION_DATABASE_URL`, or `database_url` where no pooler is in
+/// between.
+fn session_database_url(
+    database_url: &str,
+    transaction_pooler: bool,
+) -> Result<String, ConfigError> {
+    let session: String = optional("PRIMARY_SESSION_DATABASE_URL", database_url.to_owned())?;
+    if transaction_pooler && session == database_url {
+        return Err(ConfigError::Unusable {
+            name: "PRIMARY_SESSION_DATABASE_URL",
+            reason: "must name the primary itself when PRIMARY_TRANSACTION_POOLER=true: \
+                     the migrations' lock and the relay's leadership lock need a session, \
+                     which a transaction pooler does not keep"
+                .to_owned(),
+        });
+    }
+    Ok(session)
+}
+
+/// What `command-service migrate` needs: the primary, directly.
+#[derive(Clone)]
+pub struct MigrateConfig {
+    /// `PRIMARY_SESSION_DATABASE_URL`, else `PRIMARY_DATABASE_URL`.
+    pub database_url: String,
+}
+
+impl MigrateConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let database_url = match std::env::var("PRIMARY_SESSION_DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => required("PRIMARY_DATABASE_URL")?,
+        };
+        Ok(Self { database_url })
+    }
+}
+
 /// URLs carry passwords; `Debug` output ends up in logs. [`TopicSettings`],
 /// [`RelayConfig`] and the traffic settings hold no secrets, and
 /// [`AuthConfig`] redacts its key itself.
@@ -132,6 +183,11 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
             .field("database_url", &redact_url(&self.database_url))
+            .field("transaction_pooler", &self.transaction_pooler)
+            .field(
+                "session_database_url",
+                &redact_url(&self.session_database_url),
+            )
             .field("pool_size", &self.pool_size)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("query_public_url", &redact_url(&self.query_public_url))
@@ -160,6 +216,8 @@ mod tests {
         let config = Config {
             http_addr: "127.0.0.1:0".to_owned(),
             database_url: "postgres://app:db-password@db:5432/app".to_owned(),
+            transaction_pooler: true,
+            session_database_url: "postgres://app:session-password@db:5432/app".to_owned(),
             pool_size: 16,
             acquire_timeout: Duration::from_secs(2),
             query_public_url: "http://query:query-password@query:8081".to_owned(),
@@ -192,6 +250,7 @@ mod tests {
         let debug = format!("{config:?}");
         for secret in [
             "db-password",
+            "session-password",
             "query-password",
             "redis-password",
             "the-jwt-secret-that-must-not-leak!",

@@ -1,5 +1,5 @@
-//! The event store as cqrs-es sees it: reads are postgres-es', appends are
-//! ours.
+//! The event store as cqrs-es sees it: loading an aggregate (events,
+//! snapshot) and appending are ours; whole-stream replays are postgres-es'.
 //!
 //! A command's append goes through [`GroupCommit`]: `append_events` writes,
 //! in one statement and so one transaction, the command's events, the
@@ -9,6 +9,13 @@
 //! The schema and the snapshot protocol are exactly postgres-es' (see its
 //! `db/init.sql` and `event_repository.rs`), so its readers stay correct.
 //! See `docs/adr/0007-one-round-trip-commands.md`.
+//!
+//! Every statement of the command path goes through [`Primary::acquire`], so
+//! it works the same through PgBouncer in transaction mode
+//! (`docs/adr/0016-pgbouncer-transaction-mode.md`). The replays
+//! (`stream_events`, `stream_all_events`) are cqrs-es' for rebuilding its
+//! queries; this service registers none, so they are never called here, and
+//! they read through the pool directly.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -20,8 +27,8 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
+use service_runtime::postgres::Primary;
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
-use sqlx::PgPool;
 
 use crate::group_commit::{Append, AppendError, GroupCommit, Snapshot};
 
@@ -101,20 +108,57 @@ pub async fn in_scope<F: Future>(bypass_cache: bool, command: F) -> (F::Output, 
         .await
 }
 
-/// postgres-es for reads, group-committed appends.
+/// Our reads and group-committed appends; postgres-es for replays.
 pub struct EventStore {
-    reads: PostgresEventRepository,
-    pool: PgPool,
+    replays: PostgresEventRepository,
+    primary: Primary,
     appends: GroupCommit,
 }
 
 impl EventStore {
-    pub fn new(pool: PgPool, appends: GroupCommit) -> Self {
+    pub fn new(primary: Primary, appends: GroupCommit) -> Self {
         Self {
-            reads: PostgresEventRepository::new(pool.clone()),
-            pool,
+            replays: PostgresEventRepository::new(primary.pool().clone()),
+            primary,
             appends,
         }
+    }
+
+    /// The aggregate's events after `after` (0: all), in order. One
+    /// statement whatever `after` is (postgres-es formats it into the SQL,
+    /// which prepares a new statement per value).
+    async fn events_after<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        after: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let mut connection = self.primary.acquire().await.map_err(persistence_error)?;
+        let rows = sqlx::query!(
+            r#"SELECT sequence, event_type, event_version, payload, metadata
+                 FROM events
+                WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+                ORDER BY sequence"#,
+            A::TYPE,
+            aggregate_id,
+            after
+        )
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(persistence_error)?;
+        connection.finish().await.map_err(persistence_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| SerializedEvent {
+                aggregate_id: aggregate_id.to_owned(),
+                sequence: usize::try_from(row.sequence).unwrap_or_default(),
+                aggregate_type: A::TYPE.to_owned(),
+                event_type: row.event_type,
+                event_version: row.event_version,
+                payload: row.payload,
+                metadata: row.metadata,
+            })
+            .collect())
     }
 }
 
@@ -158,7 +202,7 @@ impl PersistedEventRepository for EventStore {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.reads.get_events::<A>(aggregate_id).await
+        self.events_after::<A>(aggregate_id, 0).await
     }
 
     async fn get_last_events<A: Aggregate>(
@@ -166,9 +210,7 @@ impl PersistedEventRepository for EventStore {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.reads
-            .get_last_events::<A>(aggregate_id, last_sequence)
-            .await
+        self.events_after::<A>(aggregate_id, last_sequence).await
     }
 
     /// The newest snapshot. postgres-es' own query has no ORDER BY, and the
@@ -179,6 +221,7 @@ impl PersistedEventRepository for EventStore {
         &self,
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        let mut connection = self.primary.acquire().await.map_err(persistence_error)?;
         let row = sqlx::query!(
             r#"SELECT last_sequence, current_snapshot, payload
                  FROM snapshots
@@ -188,9 +231,10 @@ impl PersistedEventRepository for EventStore {
             A::TYPE,
             aggregate_id
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *connection)
         .await
         .map_err(persistence_error)?;
+        connection.finish().await.map_err(persistence_error)?;
         Ok(row.map(|row| SerializedSnapshot {
             aggregate_id: aggregate_id.to_owned(),
             aggregate: row.payload,
@@ -236,21 +280,18 @@ impl PersistedEventRepository for EventStore {
         &self,
         aggregate_id: &str,
     ) -> Result<ReplayStream, PersistenceError> {
-        self.reads.stream_events::<A>(aggregate_id).await
+        self.replays.stream_events::<A>(aggregate_id).await
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        self.reads.stream_all_events::<A>().await
+        self.replays.stream_all_events::<A>().await
     }
 }
 
 /// Deletes expired Idempotency-Key records every `every` until shutdown.
-pub async fn purge_expired_keys(pool: PgPool, every: Duration, shutdown: CancellationToken) {
+pub async fn purge_expired_keys(primary: Primary, every: Duration, shutdown: CancellationToken) {
     while !sleep_or_shutdown(every, &shutdown).await {
-        match sqlx::query!("DELETE FROM idempotency_keys WHERE expires_at <= now()")
-            .execute(&pool)
-            .await
-        {
+        match purge_once(&primary).await {
             Ok(done) if done.rows_affected() > 0 => {
                 tracing::debug!(
                     purged = done.rows_affected(),
@@ -261,4 +302,13 @@ pub async fn purge_expired_keys(pool: PgPool, every: Duration, shutdown: Cancell
             Err(error) => tracing::warn!(%error, "purging expired idempotency keys failed"),
         }
     }
+}
+
+async fn purge_once(primary: &Primary) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+    let mut connection = primary.acquire().await?;
+    let done = sqlx::query!("DELETE FROM idempotency_keys WHERE expires_at <= now()")
+        .execute(&mut *connection)
+        .await?;
+    connection.finish().await?;
+    Ok(done)
 }

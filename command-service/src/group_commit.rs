@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
-use sqlx::PgPool;
+use service_runtime::postgres::Primary;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// One command's append.
@@ -78,13 +78,13 @@ pub struct GroupCommitSettings {
 
 impl GroupCommit {
     /// Spawns the workers on the current Tokio runtime.
-    pub fn start(pool: PgPool, settings: GroupCommitSettings) -> Self {
+    pub fn start(primary: Primary, settings: GroupCommitSettings) -> Self {
         let max_batch = settings.max_batch.max(1);
         let (queue, receiver) = mpsc::channel(max_batch * settings.workers.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..settings.workers.max(1) {
             tokio::spawn(worker(
-                pool.clone(),
+                primary.clone(),
                 receiver.clone(),
                 max_batch,
                 settings.idempotency_ttl,
@@ -105,7 +105,7 @@ impl GroupCommit {
 }
 
 async fn worker(
-    pool: PgPool,
+    primary: Primary,
     queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
     max_batch: usize,
     ttl: Duration,
@@ -125,14 +125,14 @@ async fn worker(
             }
             batch
         };
-        write_batch(&pool, batch, ttl).await;
+        write_batch(&primary, batch, ttl).await;
     }
 }
 
-async fn write_batch(pool: &PgPool, batch: Vec<Pending>, ttl: Duration) {
+async fn write_batch(primary: &Primary, batch: Vec<Pending>, ttl: Duration) {
     if batch.len() > 1 {
         let appends: Vec<&Append> = batch.iter().map(|p| &p.append).collect();
-        if let Ok(positions) = append_events(pool, &appends, ttl).await {
+        if let Ok(positions) = append_events(primary, &appends, ttl).await {
             for (pending, position) in batch.into_iter().zip(positions) {
                 // The requester may have gone away; its append stands.
                 let _ = pending.reply.send(Ok(position));
@@ -141,7 +141,7 @@ async fn write_batch(pool: &PgPool, batch: Vec<Pending>, ttl: Duration) {
         }
     }
     for pending in batch {
-        let outcome = append_events(pool, &[&pending.append], ttl)
+        let outcome = append_events(primary, &[&pending.append], ttl)
             .await
             .and_then(|positions| {
                 positions.first().copied().ok_or(AppendError::Positions {
@@ -156,7 +156,7 @@ async fn write_batch(pool: &PgPool, batch: Vec<Pending>, ttl: Duration) {
 /// One `append_events` call for `appends`; the position of each one's last
 /// event, in order.
 async fn append_events(
-    pool: &PgPool,
+    primary: &Primary,
     appends: &[&Append],
     ttl: Duration,
 ) -> Result<Vec<i64>, AppendError> {
@@ -204,6 +204,7 @@ async fn append_events(
         .iter()
         .map(|a| a.idempotency.as_ref().map(|(_, h)| h.as_slice()))
         .collect();
+    let mut connection = primary.acquire().await?;
     let positions = sqlx::query_scalar!(
         r#"SELECT append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) AS "positions!""#,
         &types as &[&str],
@@ -222,8 +223,10 @@ async fn append_events(
         &hashes as &[Option<&[u8]>],
         ttl.as_secs_f64(),
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *connection)
     .await?;
+    // Behind PgBouncer this commits the append: only then is it acknowledged.
+    connection.finish().await?;
     if positions.len() != appends.len() {
         return Err(AppendError::Positions {
             returned: positions.len(),

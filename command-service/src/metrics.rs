@@ -13,7 +13,7 @@ use actix_web::{web, HttpResponse};
 use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
 use service_runtime::breaker::BreakerMetrics;
 use service_runtime::postgres::PoolMetrics;
-use sqlx::PgPool;
+use service_runtime::postgres::Primary;
 
 /// The relay's counters, shared with the relay task.
 #[derive(Clone)]
@@ -87,7 +87,8 @@ impl Metrics {
         })
     }
 
-    async fn refresh_outbox_lag(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+    async fn refresh_outbox_lag(&self, primary: &Primary) -> Result<(), sqlx::Error> {
+        let mut connection = primary.acquire().await?;
         let lag = sqlx::query!(
             r#"WITH cursor AS (
                    SELECT coalesce((SELECT transaction_id FROM outbox_cursor WHERE relay = $1), '0'::xid8)
@@ -99,8 +100,9 @@ impl Metrics {
                 WHERE (e.transaction_id, e.position) > (c.transaction_id, c.position)"#,
             crate::relay::RELAY_NAME
         )
-        .fetch_one(pool)
+        .fetch_one(&mut *connection)
         .await?;
+        connection.finish().await?;
         self.lag_events.set(lag.events);
         self.lag_seconds.set(lag.seconds);
         Ok(())
@@ -108,12 +110,12 @@ impl Metrics {
 }
 
 /// `GET /metrics` in the Prometheus text format.
-pub async fn metrics(metrics: web::Data<Metrics>, pool: web::Data<PgPool>) -> HttpResponse {
+pub async fn metrics(metrics: web::Data<Metrics>, primary: web::Data<Primary>) -> HttpResponse {
     // A hung primary must not hang the scrape: that is when the other
     // metrics matter most. Stale lag gauges are better than none.
     match tokio::time::timeout(
         service_runtime::postgres::SCRAPE_QUERY_TIMEOUT,
-        metrics.refresh_outbox_lag(&pool),
+        metrics.refresh_outbox_lag(&primary),
     )
     .await
     {
@@ -121,7 +123,7 @@ pub async fn metrics(metrics: web::Data<Metrics>, pool: web::Data<PgPool>) -> Ht
         Ok(Err(error)) => tracing::warn!(%error, "cannot measure outbox lag"),
         Err(_) => tracing::warn!("measuring outbox lag timed out; serving the last values"),
     }
-    metrics.pools.observe("primary", &pool);
+    metrics.pools.observe("primary", primary.pool());
     let mut body = Vec::new();
     match TextEncoder::new().encode(&metrics.registry.gather(), &mut body) {
         Ok(()) => HttpResponse::Ok()

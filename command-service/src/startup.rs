@@ -7,13 +7,13 @@ use access_control::Scope;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use problem_details::Problem;
+use service_runtime::postgres::{pool_options, Primary};
 use service_runtime::shutdown::CancellationToken;
-use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 use traffic_control::{ApiProtection, RouteClass, TraceRootSpan};
 
 use crate::commands::{BusSettings, CommandBus};
-use crate::config::Config;
+use crate::config::{Config, MigrateConfig};
 use crate::event_store::purge_expired_keys;
 use crate::http::{self, QueryPublicUrl};
 use crate::metrics::Metrics;
@@ -35,28 +35,58 @@ pub enum StartupError {
     Protection(#[from] traffic_control::ProtectionError),
 }
 
+/// Connections the relay's session pool keeps: its leadership lease holds
+/// one for as long as it leads, its batches use another.
+const SESSION_POOL_SIZE: u32 = 3;
+
 /// A built command-service: HTTP server bound, relay ready, nothing running yet.
 pub struct Application {
     port: u16,
     server: Server,
     relay: Option<OutboxRelay>,
-    pool: PgPool,
+    primary: Primary,
+}
+
+/// `command-service migrate`: applies the schema's migrations and returns
+/// (the Kubernetes migration Job, compose's `migrate` service). Directly to
+/// the primary: the migrator serialises concurrent runs with a session-level
+/// advisory lock.
+pub async fn migrate(config: &MigrateConfig) -> Result<(), StartupError> {
+    let pool = pool_options(1, Duration::from_secs(30))
+        .connect(&config.database_url)
+        .await?;
+    schema::MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(())
 }
 
 impl Application {
     /// Connects to the primary, applies migrations, binds the listener
     /// (`127.0.0.1:0` picks a free port) and prepares the relay.
+    ///
+    /// Two pools when `PRIMARY_TRANSACTION_POOLER` is set: commands through
+    /// the pooler, migrations and the relay on sessions of their own
+    /// directly to the primary (docs/adr/0016-pgbouncer-transaction-mode.md).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let pool =
-            service_runtime::postgres::pool_options(config.pool_size, config.acquire_timeout)
-                .connect(&config.database_url)
-                .await?;
-        schema::MIGRATOR.run(&pool).await?;
+        let primary = Primary::connect(
+            &config.database_url,
+            config.transaction_pooler,
+            pool_options(config.pool_size, config.acquire_timeout),
+        )
+        .await?;
+        let sessions = if config.session_database_url == config.database_url {
+            primary.pool().clone()
+        } else {
+            pool_options(SESSION_POOL_SIZE, config.acquire_timeout)
+                .connect(&config.session_database_url)
+                .await?
+        };
+        schema::MIGRATOR.run(&sessions).await?;
 
         let metrics = Metrics::new()?;
         let relay = if config.relay.enabled {
             Some(OutboxRelay::new(
-                pool.clone(),
+                sessions,
                 config.topics.clone(),
                 config.relay.clone(),
                 metrics.relay.clone(),
@@ -79,7 +109,7 @@ impl Application {
         )?;
         let server = http_server(
             listener,
-            pool.clone(),
+            primary.clone(),
             relay_status,
             metrics,
             protection,
@@ -89,7 +119,7 @@ impl Application {
             port,
             server,
             relay,
-            pool,
+            primary,
         })
     }
 
@@ -104,7 +134,7 @@ impl Application {
             .relay
             .map(|relay| tokio::spawn(relay.run(shutdown.clone())));
         let purge = tokio::spawn(purge_expired_keys(
-            self.pool,
+            self.primary,
             Duration::from_secs(60),
             shutdown.clone(),
         ));
@@ -129,14 +159,14 @@ impl Application {
 
 fn http_server(
     listener: TcpListener,
-    pool: PgPool,
+    primary: Primary,
     relay_status: RelayStatus,
     metrics: Metrics,
     protection: ApiProtection,
     config: &Config,
 ) -> std::io::Result<Server> {
     let bus = web::Data::new(CommandBus::new(
-        pool.clone(),
+        primary.clone(),
         BusSettings {
             snapshot_every: config.snapshot_every,
             idempotency_ttl: config.idempotency_ttl,
@@ -146,7 +176,7 @@ fn http_server(
         },
     ));
     let base = web::Data::new(QueryPublicUrl(config.query_public_url.clone()));
-    let pool = web::Data::new(pool);
+    let primary = web::Data::new(primary);
     let relay_status = web::Data::new(relay_status);
     let metrics = web::Data::new(metrics);
     let body_limit = config.body_limit_bytes;
@@ -160,7 +190,7 @@ fn http_server(
             .app_data(problem_details::query_config())
             .app_data(bus.clone())
             .app_data(base.clone())
-            .app_data(pool.clone())
+            .app_data(primary.clone())
             .app_data(relay_status.clone())
             .app_data(metrics.clone())
             .route("/metrics", web::get().to(crate::metrics::metrics))
@@ -182,18 +212,23 @@ fn http_server(
     Ok(server)
 }
 
-/// Ready when the primary answers.
-async fn ready(pool: web::Data<PgPool>) -> HttpResponse {
-    match sqlx::query!("SELECT 1 AS one")
-        .fetch_one(pool.get_ref())
-        .await
-    {
-        Ok(_) => HttpResponse::Ok().finish(),
+/// Ready when the primary answers (through the pooler, if there is one).
+async fn ready(primary: web::Data<Primary>) -> HttpResponse {
+    match answers(&primary).await {
+        Ok(()) => HttpResponse::Ok().finish(),
         Err(error) => Problem::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
             .with_detail(format!("primary database: {error}"))
             .with_retry_after(1)
             .to_response(),
     }
+}
+
+async fn answers(primary: &Primary) -> Result<(), sqlx::Error> {
+    let mut connection = primary.acquire().await?;
+    sqlx::query!("SELECT 1 AS one")
+        .fetch_one(&mut *connection)
+        .await?;
+    connection.finish().await
 }
 
 /// `{"role": "leader" | "standby" | "disabled"}`: which instance relays.

@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
-use sqlx::Connection;
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{Connection, PgPool, Postgres, Transaction};
 
 /// A pooled connection idle for longer than this is pinged before use.
 ///
@@ -33,6 +37,126 @@ pub fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOp
                 Ok(true)
             })
         })
+}
+
+/// Pooled connections to the primary that work the same whether the URL
+/// points at Postgres itself or at PgBouncer in transaction mode.
+///
+/// PgBouncer before 1.21 (Debian 12 ships 1.18) hands a client a server
+/// connection for one transaction only, and knows nothing of prepared
+/// statements. sqlx prepares a statement in one protocol exchange (Parse,
+/// Describe, Sync) and executes it in the next (Bind, Execute, Sync); outside
+/// a transaction PgBouncer may give those two exchanges *different* server
+/// connections, and the second fails with "prepared statement does not
+/// exist". So behind a transaction pooler:
+/// - statements run inside an explicit transaction ([`Primary::acquire`]
+///   begins one; [`Acquired::finish`] commits it), which pins one server
+///   connection for both exchanges;
+/// - sqlx's statement cache is off (`statement_cache_capacity(0)`): a cached
+///   statement lives on a server connection the next transaction may not get;
+/// - PgBouncer runs `DEALLOCATE ALL` after every transaction
+///   (`server_reset_query_always = 1`), since sqlx names each statement it
+///   prepares and two clients would otherwise collide on one server
+///   connection (deploy/local/stack writes that configuration).
+///
+/// Session state (advisory locks, `LISTEN`, `SET`, the migrator's lock)
+/// does not survive a transaction there: those connections bypass the
+/// pooler (see docs/adr/0016-pgbouncer-transaction-mode.md). Directly
+/// connected, `acquire` is a plain pooled connection and each statement
+/// commits on its own, at no extra round trip.
+#[derive(Clone, Debug)]
+pub struct Primary {
+    pool: PgPool,
+    transaction_pooler: bool,
+}
+
+impl Primary {
+    /// Connects a pool of `options` to `url`; `transaction_pooler` says that
+    /// `url` is PgBouncer (or another pooler) in transaction mode.
+    pub async fn connect(
+        url: &str,
+        transaction_pooler: bool,
+        options: PgPoolOptions,
+    ) -> Result<Self, sqlx::Error> {
+        let mut connect = PgConnectOptions::from_str(url)?;
+        if transaction_pooler {
+            connect = connect.statement_cache_capacity(0);
+        }
+        Ok(Self {
+            pool: options.connect_with(connect).await?,
+            transaction_pooler,
+        })
+    }
+
+    /// A pool connected straight to the primary (tests, tools).
+    pub fn direct(pool: PgPool) -> Self {
+        Self {
+            pool,
+            transaction_pooler: false,
+        }
+    }
+
+    /// The pool itself, for what needs no statements of ours (its size for
+    /// the metrics) or opens its own transactions ([`sqlx::Pool::begin`]
+    /// works the same behind a transaction pooler).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn behind_transaction_pooler(&self) -> bool {
+        self.transaction_pooler
+    }
+
+    /// A connection to run statements on (`&mut *acquired`); call
+    /// [`Acquired::finish`] after the last one. Behind a transaction pooler
+    /// they run in one transaction, so a dropped, unfinished `Acquired` rolls
+    /// its writes back: finish it on every successful path.
+    pub async fn acquire(&self) -> Result<Acquired, sqlx::Error> {
+        Ok(Acquired(if self.transaction_pooler {
+            Held::Transaction(self.pool.begin().await?)
+        } else {
+            Held::Connection(self.pool.acquire().await?)
+        }))
+    }
+}
+
+/// A connection from [`Primary::acquire`].
+pub struct Acquired(Held);
+
+enum Held {
+    Connection(PoolConnection<Postgres>),
+    Transaction(Transaction<'static, Postgres>),
+}
+
+impl Acquired {
+    /// Commits the statements' transaction behind a transaction pooler;
+    /// returns the connection to the pool either way.
+    pub async fn finish(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            Held::Connection(_) => Ok(()),
+            Held::Transaction(transaction) => transaction.commit().await,
+        }
+    }
+}
+
+impl Deref for Acquired {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match &self.0 {
+            Held::Connection(connection) => connection,
+            Held::Transaction(transaction) => transaction,
+        }
+    }
+}
+
+impl DerefMut for Acquired {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match &mut self.0 {
+            Held::Connection(connection) => connection,
+            Held::Transaction(transaction) => transaction,
+        }
+    }
 }
 
 /// Connection counts of the service's pools, sampled when `/metrics` is

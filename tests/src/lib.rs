@@ -23,6 +23,9 @@ use service_runtime::shutdown::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct Stack {
     pub primary_url: String,
+    /// PgBouncer (transaction mode) in front of the primary; the stack's own
+    /// services do not use it (tests/tests/pgbouncer.rs does).
+    pub pgbouncer_url: String,
     /// Replica 1, `replica_urls[0]`: for tests that read one replica directly.
     pub replica_url: String,
     /// Every streaming replica, replica 1 (`replica_url`) first: query-side
@@ -301,8 +304,9 @@ pub fn free_port() -> u16 {
 /// Runs `stack infra-up` on freshly picked free ports; returns them, or None
 /// (after printing why and stopping what started) so the caller can retry:
 /// a port picked free can be taken by someone else before the server binds it.
-fn infra_up(script: &Path, dir: &Path, attempt: u32) -> Option<[(&'static str, u16); 5]> {
+fn infra_up(script: &Path, dir: &Path, attempt: u32) -> Option<[(&'static str, u16); 6]> {
     let ports = [
+        ("PGBOUNCER_PORT", free_port()),
         ("PG_PRIMARY_PORT", free_port()),
         ("PG_REPLICA_PORT", free_port()),
         ("PG_REPLICA2_PORT", free_port()),
@@ -313,6 +317,7 @@ fn infra_up(script: &Path, dir: &Path, attempt: u32) -> Option<[(&'static str, u
     up.arg("infra-up")
         .env("STACK_DIR", dir)
         .env("BROKER_STORAGE", "memory")
+        .env("PGBOUNCER", "1")
         .stdin(Stdio::null());
     for (name, port) in ports {
         up.env(name, port.to_string());
@@ -381,6 +386,10 @@ fn start(services: Services) -> Stack {
         "postgres://app:app@127.0.0.1:{}/app",
         port("PG_PRIMARY_PORT")
     );
+    let pgbouncer_url = format!(
+        "postgres://app:app@127.0.0.1:{}/app",
+        port("PGBOUNCER_PORT")
+    );
     let replica_urls: Vec<String> = ["PG_REPLICA_PORT", "PG_REPLICA2_PORT"]
         .iter()
         .map(|name| format!("postgres://app:app@127.0.0.1:{}/app", port(name)))
@@ -404,6 +413,7 @@ fn start(services: Services) -> Stack {
     );
     let stack = Stack {
         primary_url,
+        pgbouncer_url,
         replica_url,
         replica_urls,
         redis_url,
@@ -448,6 +458,8 @@ fn run_services(
                 command_service::startup::Application::build(command_service::config::Config {
                     http_addr: "127.0.0.1:0".to_owned(),
                     database_url: primary_url.clone(),
+                    transaction_pooler: false,
+                    session_database_url: primary_url.clone(),
                     pool_size: 16,
                     acquire_timeout: Duration::from_secs(5),
                     query_public_url: format!("http://127.0.0.1:{query_port}"),
@@ -979,6 +991,8 @@ pub fn command_service_config(stack: &Stack) -> command_service::config::Config 
     command_service::config::Config {
         http_addr: "127.0.0.1:0".to_owned(),
         database_url: stack.primary_url.clone(),
+        transaction_pooler: false,
+        session_database_url: stack.primary_url.clone(),
         pool_size: 16,
         acquire_timeout: Duration::from_secs(5),
         query_public_url: stack.query_url.clone(),
