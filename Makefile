@@ -6,7 +6,7 @@ STACK := deploy/local/stack
 DEMO  := deploy/local/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status logs demo install test lint bench bench-smoke doctor
+.PHONY: help up down status logs demo install test lint bench bench-smoke doctor image-binaries deploy-check
 
 help:
 	@echo "make up       install deps, start infra + services, run the demo"
@@ -16,7 +16,9 @@ help:
 	@echo "make demo     place an order and read it back"
 	@echo "make doctor   ranked bottleneck diagnosis of the running stack (run it under load; ARGS=\"--window 10 --json\")"
 	@echo "make install  install prerequisites (apt packages, tansu)"
-	@echo "make test     install prerequisites, build the binaries, cargo test --workspace --locked --no-fail-fast"
+	@echo "make test     install prerequisites, deploy checks, build the binaries (and the image's, release), cargo test --workspace --locked --no-fail-fast"
+	@echo "make deploy-check    offline checks of deploy/docker, deploy/compose, deploy/k8s (schemas + project rules)"
+	@echo "make image-binaries  the Dockerfile's build step without docker (release, SQLX_OFFLINE=true)"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
 	@echo "make bench    baselines (pgbench, redis-benchmark, bare actix, raw rdkafka) at start and end, every workload as a ratio to its baseline, targets, drift -> docs/BENCHMARKS.md"
 	@echo "make bench-smoke  the same suite with tiny sizes and debug binaries in a temp dir (seconds per step; docs/ untouched)"
@@ -50,8 +52,19 @@ install:
 # them as separate processes (to kill -9 them).
 test:
 	$(STACK) install
+	deploy/validate --self-test
 	cargo build --workspace --bins --locked
+	deploy/docker/build-binaries target/image-binaries
 	cargo test --workspace --locked --no-fail-fast
+
+# The container image's build step, without docker: the same script the
+# Dockerfile runs (release profile, SQLX_OFFLINE=true).
+image-binaries:
+	deploy/docker/build-binaries target/image-binaries
+
+# Offline checks of the Dockerfile, compose stack and Kubernetes manifests.
+deploy-check:
+	deploy/validate
 
 lint:
 	cargo fmt --check

@@ -35,8 +35,9 @@ pub enum StartupError {
     Protection(#[from] traffic_control::ProtectionError),
 }
 
-/// Connections the relay's session pool keeps: its leadership lease holds
-/// one for as long as it leads, its batches use another.
+/// Connections of the session pool (migrations at start-up, the relay's
+/// batches). The relay's leadership lease is one more connection, opened
+/// with the same options and held outside the pool for as long as it leads.
 const SESSION_POOL_SIZE: u32 = 3;
 
 /// A built command-service: HTTP server bound, relay ready, nothing running yet.

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::{client, create_product, eventually, stack};
+use e2e_tests::{client, create_product, eventually, repo_root, stack, Stack};
 use reqwest::StatusCode;
 
 async fn scrape(base: &str) -> String {
@@ -37,12 +37,10 @@ fn assert_has(text: &str, service: &str, family: &str, label_fragment: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_process_reports_where_the_time_goes() {
-    let stack = stack();
+/// Traffic on every path the families describe: a command (append, relay,
+/// projector), reads that miss and hit the caches. Returns the product's id.
+async fn traffic(stack: &Stack) -> String {
     let client = client();
-    // Traffic on every path the families describe: a command (append,
-    // relay, projector), reads that miss and hit the caches.
     let created = create_product(&client, &stack.command_url, "Metered mug").await;
     let id = created["aggregate_id"].as_str().unwrap().to_owned();
     let product = format!("{}/products/{id}", stack.query_url);
@@ -58,6 +56,13 @@ async fn every_process_reports_where_the_time_goes() {
     for _ in 0..3 {
         client.get(&product).send().await.unwrap();
     }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_reports_where_the_time_goes() {
+    let stack = stack();
+    let id = traffic(stack).await;
 
     let command = scrape(&stack.command_url).await;
     for (family, labels) in [
@@ -115,5 +120,38 @@ async fn every_process_reports_where_the_time_goes() {
     assert!(
         !query.contains(&id),
         "an aggregate id leaked into query-service's metric labels"
+    );
+}
+
+/// The Grafana dashboard (deploy/compose/grafana/dashboards/) queries only
+/// metrics the services export: `deploy/compose/check` keeps
+/// `metrics-used.txt` equal to the names in the dashboard's PromQL, and this
+/// test holds that list against the running services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_queries_is_exported() {
+    let stack = stack();
+    traffic(stack).await;
+    let exported = [
+        scrape(&stack.command_url).await,
+        scrape(&stack.query_url).await,
+        scrape(stack.projector_url.as_deref().unwrap()).await,
+    ]
+    .join("\n");
+    let used = std::fs::read_to_string(
+        repo_root().join("deploy/compose/grafana/dashboards/metrics-used.txt"),
+    )
+    .unwrap();
+    let missing: Vec<&str> = used
+        .lines()
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && !name.starts_with('#'))
+        .filter(|name| {
+            // `# TYPE` names a family even before its first labelled sample.
+            !exported.contains(&format!("# TYPE {name} "))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics no service exports: {missing:?}"
     );
 }
