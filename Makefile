@@ -16,7 +16,7 @@ help:
 	@echo "make demo     place an order and read it back"
 	@echo "make doctor   ranked bottleneck diagnosis of the running stack (run it under load; ARGS=\"--window 10 --json\")"
 	@echo "make install  install prerequisites (apt packages, tansu)"
-	@echo "make test     install prerequisites, deploy checks, build the binaries (and the image's, release), cargo test --workspace --locked --no-fail-fast"
+	@echo "make test     install prerequisites, build the binaries (and the image's, release), cargo test --workspace --locked --no-fail-fast"
 	@echo "make deploy-check    offline checks of deploy/docker, deploy/compose, deploy/k8s (schemas + project rules)"
 	@echo "make image-binaries  the Dockerfile's build step without docker (release, SQLX_OFFLINE=true)"
 	@echo "make lint     cargo fmt --check and cargo clippy -D warnings"
@@ -52,7 +52,6 @@ install:
 # them as separate processes (to kill -9 them).
 test:
 	$(STACK) install
-	deploy/validate --self-test
 	cargo build --workspace --bins --locked
 	deploy/docker/build-binaries target/image-binaries
 	cargo test --workspace --locked --no-fail-fast
@@ -62,7 +61,8 @@ test:
 image-binaries:
 	deploy/docker/build-binaries target/image-binaries
 
-# Offline checks of the Dockerfile, compose stack and Kubernetes manifests.
+# Offline checks of the Dockerfile, compose stack and Kubernetes manifests
+# (`make test` runs them too, as tests/tests/deploy_files.rs).
 deploy-check:
 	deploy/validate
 
