@@ -52,72 +52,97 @@ struct ClientResult {
     errors: BTreeMap<String, u64>,
 }
 
+/// The clients, each with its product, ready to run: made by [`prepare`]
+/// before the run, so that creating the products stays out of its warm-up
+/// and window (and out of anything sampled in step with them).
+pub struct Prepared {
+    options: AppendOptions,
+    products: Vec<(reqwest::Client, Uuid)>,
+}
+
+/// [`prepare`], then [`Prepared::run`].
 pub async fn run(options: &AppendOptions) -> Result<Measurement, AppendError> {
+    Ok(prepare(options).await?.run().await)
+}
+
+/// Creates one product per client.
+pub async fn prepare(options: &AppendOptions) -> Result<Prepared, AppendError> {
     let mut products = Vec::with_capacity(options.clients);
     for _ in 0..options.clients {
         let client = client()?;
         let product = create_product(&client, &options.url).await?;
         products.push((client, product));
     }
+    Ok(Prepared {
+        options: options.clone(),
+        products,
+    })
+}
 
-    let started = Instant::now();
-    let window_start = started + options.warmup;
-    let window_end = window_start + options.duration;
-    let done = Arc::new(AtomicU64::new(0));
-    let progress = options.progress.then(|| {
-        let done = done.clone();
-        let clients = options.clients;
-        tokio::spawn(async move {
-            let mut last = 0;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let now = done.load(Ordering::Relaxed);
-                eprintln!(
-                    "[{NAME} c={clients}] {:>5.1}s {:>7} ops/s",
-                    started.elapsed().as_secs_f64(),
-                    now - last
-                );
-                last = now;
-            }
-        })
-    });
-
-    let tasks: Vec<_> = products
-        .into_iter()
-        .map(|(client, product)| {
-            let url = format!(
-                "{}/products/{product}/change-price",
-                options.url.trim_end_matches('/')
-            );
+impl Prepared {
+    /// Warm-up, then the measured window, starting now. Failed commands are
+    /// counted in the measurement's errors, not returned.
+    pub async fn run(self) -> Measurement {
+        let Self { options, products } = self;
+        let started = Instant::now();
+        let window_start = started + options.warmup;
+        let window_end = window_start + options.duration;
+        let done = Arc::new(AtomicU64::new(0));
+        let progress = options.progress.then(|| {
             let done = done.clone();
-            tokio::spawn(drive(client, url, window_start, window_end, done))
-        })
-        .collect();
-    let mut histogram = latency_histogram();
-    let mut errors = BTreeMap::new();
-    for result in futures::future::join_all(tasks).await {
-        // A panicking client task is a bug in this tool: surface it.
-        let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        histogram.add(&result.histogram).ok();
-        for (cause, count) in result.errors {
-            *errors.entry(cause).or_default() += count;
+            let clients = options.clients;
+            tokio::spawn(async move {
+                let mut last = 0;
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let now = done.load(Ordering::Relaxed);
+                    eprintln!(
+                        "[{NAME} c={clients}] {:>5.1}s {:>7} ops/s",
+                        started.elapsed().as_secs_f64(),
+                        now - last
+                    );
+                    last = now;
+                }
+            })
+        });
+
+        let tasks: Vec<_> = products
+            .into_iter()
+            .map(|(client, product)| {
+                let url = format!(
+                    "{}/products/{product}/change-price",
+                    options.url.trim_end_matches('/')
+                );
+                let done = done.clone();
+                tokio::spawn(drive(client, url, window_start, window_end, done))
+            })
+            .collect();
+        let mut histogram = latency_histogram();
+        let mut errors = BTreeMap::new();
+        for result in futures::future::join_all(tasks).await {
+            // A panicking client task is a bug in this tool: surface it.
+            let result = result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            histogram.add(&result.histogram).ok();
+            for (cause, count) in result.errors {
+                *errors.entry(cause).or_default() += count;
+            }
+        }
+        if let Some(progress) = progress {
+            progress.abort();
+        }
+        let seconds = options.duration.as_secs_f64();
+        Measurement {
+            name: NAME.to_owned(),
+            clients: options.clients,
+            seconds,
+            ops: histogram.len(),
+            ops_per_s: histogram.len() as f64 / seconds,
+            latency: Latency::from_histogram(&histogram),
+            errors,
         }
     }
-    if let Some(progress) = progress {
-        progress.abort();
-    }
-    let seconds = options.duration.as_secs_f64();
-    Ok(Measurement {
-        name: NAME.to_owned(),
-        clients: options.clients,
-        seconds,
-        ops: histogram.len(),
-        ops_per_s: histogram.len() as f64 / seconds,
-        latency: Latency::from_histogram(&histogram),
-        errors,
-    })
 }
 
 fn client() -> Result<reqwest::Client, AppendError> {

@@ -691,7 +691,7 @@ async fn start_projector(
 /// The postmaster of the database (on this machine): the parent that its
 /// other processes share. (Their `backend_type` is hidden from a
 /// non-superuser, their pids are not.)
-async fn postmaster_pid(database_url: &str) -> Option<u32> {
+pub(crate) async fn postmaster_pid(database_url: &str) -> Option<u32> {
     let pids: Vec<u32> = sql::json(
         database_url,
         "SELECT coalesce(json_agg(pid), '[]') FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
@@ -944,7 +944,7 @@ fn parse_commandstats(info: &str) -> BTreeMap<String, u64> {
 
 /// `pg_stat_statements` of the current database, by statement; empty (with
 /// a warning) when the extension is not there.
-async fn statements(database_url: &str) -> BTreeMap<String, Statement> {
+pub(crate) async fn statements(database_url: &str) -> BTreeMap<String, Statement> {
     #[derive(Deserialize)]
     struct Row {
         key: String,
@@ -972,7 +972,7 @@ async fn statements(database_url: &str) -> BTreeMap<String, Statement> {
 
 /// What ran between two `pg_stat_statements` snapshots: total calls, total
 /// milliseconds, and the `top` costliest statements.
-fn statement_diff(
+pub(crate) fn statement_diff(
     before: &BTreeMap<String, Statement>,
     after: &BTreeMap<String, Statement>,
     top: usize,

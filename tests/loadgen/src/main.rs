@@ -54,6 +54,9 @@ enum Command {
         /// Seconds of appends with the relay off, drained afterwards.
         #[arg(long, default_value_t = 10)]
         backlog: u64,
+        /// The stack's directory, for the CPU of Postgres, the broker and Redis.
+        #[arg(long, env = "STACK_DIR")]
+        stack_dir: Option<PathBuf>,
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
         #[command(flatten)]
@@ -335,6 +338,7 @@ async fn main() -> anyhow::Result<()> {
             clients,
             schedule,
             backlog,
+            stack_dir,
             work_dir,
             outputs,
         } => {
@@ -348,6 +352,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: schedule.duration(),
                 backlog: Duration::from_secs(backlog),
                 work_dir,
+                stack_dir,
             };
             outputs.publish(&write_path::run(&options, outputs.command()).await?)?;
         }

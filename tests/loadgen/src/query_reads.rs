@@ -816,7 +816,7 @@ impl Meter {
 
 /// Redis, the broker and both Postgres clusters (postmaster and children),
 /// from the stack's pidfiles.
-fn stack_processes(stack_dir: Option<&Path>) -> Vec<(String, Processes)> {
+pub(crate) fn stack_processes(stack_dir: Option<&Path>) -> Vec<(String, Processes)> {
     let Some(dir) = stack_dir else {
         return vec![];
     };

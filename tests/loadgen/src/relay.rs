@@ -2,6 +2,7 @@
 //! command-service's own `/metrics` (`relay_published_events_total`,
 //! `outbox_lag_events`).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -40,10 +41,27 @@ pub async fn measure_drain(
     every: Duration,
     timeout: Duration,
 ) -> Result<Drain, DrainError> {
+    let (drain, (), ()) = measure_drain_observed(base_url, every, timeout, || async {}).await?;
+    Ok(drain)
+}
+
+/// [`measure_drain`], awaiting `observe` right after the window's first and
+/// last samples and returning both observations with the drain: what the
+/// drain cost (CPU, database counters) over the same window.
+pub async fn measure_drain_observed<T, F, Fut>(
+    base_url: &str,
+    every: Duration,
+    timeout: Duration,
+    mut observe: F,
+) -> Result<(Drain, T, T), DrainError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
     let url = format!("{}/metrics", base_url.trim_end_matches('/'));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + timeout;
-    let mut first: Option<(Instant, u64)> = None;
+    let mut first: Option<(Instant, u64, T)> = None;
     loop {
         let sampled = Instant::now();
         let text = client
@@ -69,22 +87,24 @@ pub async fn measure_drain(
         };
         let published = metric("relay_published_events_total")? as u64;
         let lag = metric("outbox_lag_events")? as u64;
-        match first {
-            None if published > 0 => first = Some((sampled, published)),
-            Some((t0, p0)) if lag == 0 => {
+        match first.take() {
+            None if published > 0 => first = Some((sampled, published, observe().await)),
+            Some((t0, p0, start)) if lag == 0 => {
                 let events = published - p0;
                 if events == 0 {
                     return Err(DrainError::TooLittle(published));
                 }
+                let end = observe().await;
                 let seconds = sampled.duration_since(t0).as_secs_f64();
-                return Ok(Drain {
+                let drain = Drain {
                     name: NAME.to_owned(),
                     events,
                     seconds,
                     events_per_s: events as f64 / seconds,
-                });
+                };
+                return Ok((drain, start, end));
             }
-            _ => {}
+            unchanged => first = unchanged,
         }
         if Instant::now() >= deadline {
             return Err(DrainError::Timeout(timeout));

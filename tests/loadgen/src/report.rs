@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::catchup::{Catchup, CatchupResults};
 use crate::query_reads::{self, QueryReadsResults, Run};
 use crate::stats::{median, Measurement};
-use crate::write_path::{WritePathResults, APPEND_RELAY_OFF};
+use crate::write_path::{self, WritePathResults, APPEND_RELAY_OFF};
 use crate::{append, pgbench};
 
 /// Results that render as a generated section of `docs/BENCHMARKS.md`.
@@ -166,7 +166,28 @@ pub fn render_write_path(results: &WritePathResults) -> String {
         .map(|d| (d.events_per_s, d.events, d.seconds))
         .collect();
     out.push_str(&rate_row("relay publish, draining a backlog", "", &drains));
-    out.push_str(&verdict_table(&write_path_verdicts(results)));
+    out.push_str(&write_path::render_profiles(results));
+    let verdicts = write_path_verdicts(results);
+    out.push_str(&verdict_table(&verdicts));
+    let missed: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.met)
+        .filter_map(|v| {
+            if v.target.starts_with("relay") {
+                write_path::relay_bottleneck(results).map(|t| format!("- relay: {t}.\n"))
+            } else if v.target.contains("at 16 clients") {
+                write_path::appends_bottleneck(results, 16)
+                    .map(|t| format!("- appends at 16 clients: {t}.\n"))
+            } else {
+                write_path::appends_bottleneck(results, 1)
+                    .map(|t| format!("- appends at 1 client: {t}.\n"))
+            }
+        })
+        .collect();
+    if !missed.is_empty() {
+        out.push_str("\nMissed. Where the time went (the median run of each):\n\n");
+        out.push_str(&missed.concat());
+    }
     out
 }
 
@@ -1028,6 +1049,7 @@ mod tests {
                 seconds: 1.0,
                 events_per_s: relay,
             }],
+            profiles: vec![],
         }
     }
 
@@ -1049,6 +1071,43 @@ mod tests {
         assert!(!verdicts[2].met, "10k / 5.5k = 1.8× must miss 3×");
         let table = render_write_path(&results([5_000.0, 5_500.0, 9_000.0], 10_000.0));
         assert!(table.contains("**missed**"), "{table}");
+    }
+
+    #[test]
+    fn missed_write_path_targets_name_where_the_time_went() {
+        let mut missed = results([5_000.0, 5_500.0, 9_000.0], 10_000.0);
+        missed.machine.cpus = 2;
+        let cpu = crate::procfs::CpuUsage {
+            seconds: 8.0,
+            cores: BTreeMap::from([("command-service".to_owned(), 1.2)]),
+            machine_busy_cores: 1.9,
+        };
+        for (name, clients) in [(append::NAME, 16), (crate::relay::NAME, 1)] {
+            missed.profiles.push(write_path::Profile {
+                repetition: 1,
+                name: name.to_owned(),
+                clients,
+                per_s: 5_500.0,
+                cpu: cpu.clone(),
+                primary: Default::default(),
+            });
+        }
+        let section = render_write_path(&missed);
+        assert!(
+            section.contains(
+                "- appends at 16 clients: command-service 1.20 cores, the rest 0.70; \
+                 the machine was CPU-bound (1.90 of 2 busy).\n"
+            ),
+            "{section}"
+        );
+        assert!(
+            section.contains("- relay: during the drain command-service 1.20 cores"),
+            "{section}"
+        );
+        assert!(
+            section.contains("| command append, 16 clients (5500 appends/s, repetition 1) |"),
+            "{section}"
+        );
     }
 
     fn catchup(events_per_s: f64) -> Catchup {

@@ -25,7 +25,7 @@ use crate::pgbench::{HUNDRED_ROW_INSERT, PK_SELECT, SINGLE_INSERT};
 use crate::query_reads::{self, QueryReadsResults};
 use crate::report::{self, MissingMarkers};
 use crate::stats::{median, Measurement};
-use crate::write_path::WritePathResults;
+use crate::write_path::{self, WritePathResults};
 
 /// Marker of the summary block in `docs/BENCHMARKS.md`.
 pub const SUMMARY_MARKER: &str = "summary";
@@ -427,11 +427,24 @@ fn write_path_rows(inputs: &Inputs) -> Vec<SummaryRow> {
     let latency_note = |clients: usize| {
         let (app, pg) = series(clients);
         let ((_, ap50, ap99), (_, pp50, pp99)) = (app?, pg?);
-        Some(format!(
-            "not named by the write-path step; at {clients} client(s) append p50 {ap50:.2} ms / \
-             p99 {ap99:.2} ms against pgbench p50 {pp50:.2} ms / p99 {pp99:.2} ms \
-             (see \"Where the time goes\" under Write path)"
-        ))
+        let latencies = format!(
+            "at {clients} client(s) append p50 {ap50:.2} ms / p99 {ap99:.2} ms against pgbench \
+             p50 {pp50:.2} ms / p99 {pp99:.2} ms"
+        );
+        Some(
+            match r.and_then(|r| write_path::appends_bottleneck(r, clients)) {
+                Some(named) => format!("{latencies}; {named}"),
+                None => format!(
+                    "not named by the write-path step; {latencies} \
+                     (see \"Where the time goes\" under Write path)"
+                ),
+            },
+        )
+    };
+    // Results written before the step profiled its runs name nothing.
+    let throughput_note = |clients: usize| {
+        r.and_then(|r| write_path::appends_bottleneck(r, clients))
+            .or_else(|| latency_note(clients))
     };
 
     let mut one = SummaryRow::new(
@@ -484,7 +497,7 @@ fn write_path_rows(inputs: &Inputs) -> Vec<SummaryRow> {
     let sixteen = sixteen
         .at_least(0.6)
         .missing_because(&why)
-        .bottleneck(|| latency_note(16));
+        .bottleneck(|| throughput_note(16));
 
     let mut relay = SummaryRow::new(
         "relay_rate",
@@ -500,11 +513,13 @@ fn write_path_rows(inputs: &Inputs) -> Vec<SummaryRow> {
         relay = relay.against(ops, format!("{ops:.0} appends/s at {clients} clients"));
     }
     let relay = relay.at_least(3.0).missing_because(&why).bottleneck(|| {
-        Some(
-            "not named by the write-path step (the relay's batches: see \"Where the time \
+        r.and_then(write_path::relay_bottleneck).or_else(|| {
+            Some(
+                "not named by the write-path step (the relay's batches: see \"Where the time \
                  goes\" under Write path)"
-                .to_owned(),
-        )
+                    .to_owned(),
+            )
+        })
     });
     vec![one, sixteen, relay]
 }
@@ -1038,6 +1053,7 @@ mod tests {
                 seconds: 10_000.0 / relay,
                 events_per_s: relay,
             }],
+            profiles: vec![],
         }
     }
 
@@ -1175,6 +1191,55 @@ mod tests {
             "{text}"
         );
         assert_eq!(summary.missed, 3);
+    }
+
+    #[test]
+    fn profiled_write_path_rows_name_the_steps_bottleneck() {
+        let mut results = write_path([4000.0, 5000.0, 4500.0], 10_000.0, 10_000.0);
+        results.machine.cpus = 2;
+        for (name, clients, per_s) in [
+            (append::NAME, 16, 4500.0),
+            (append::NAME, 1, 300.0),
+            (crate::relay::NAME, 1, 10_000.0),
+        ] {
+            results.profiles.push(write_path::Profile {
+                repetition: 1,
+                name: name.to_owned(),
+                clients,
+                per_s,
+                cpu: crate::procfs::CpuUsage {
+                    seconds: 8.0,
+                    cores: BTreeMap::from([("postgres primary".to_owned(), 0.8)]),
+                    machine_busy_cores: 1.0,
+                },
+                primary: Default::default(),
+            });
+        }
+        let summary = summarize(
+            &Inputs {
+                write_path: Some(results),
+                ..Inputs::default()
+            },
+            "make bench".to_owned(),
+        );
+        let named = |key: &str| row(&summary, key).bottleneck.clone().unwrap();
+        assert_eq!(
+            named("appends@16"),
+            "postgres primary 0.80 cores, the rest 0.20; the machine was not CPU-bound \
+             (1.00 of 2 busy)"
+        );
+        assert!(
+            named("appends@1").starts_with("at 1 client(s) append p50 3.00 ms")
+                && named("appends@1").ends_with("; postgres primary 0.80 cores, the rest 0.20; the machine was not CPU-bound (1.00 of 2 busy)"),
+            "{}",
+            named("appends@1")
+        );
+        assert!(
+            named("relay_rate").starts_with("during the drain postgres primary 0.80 cores"),
+            "{}",
+            named("relay_rate")
+        );
+        assert!(!summary.render_summary().contains("not named by"));
     }
 
     #[test]
