@@ -606,12 +606,18 @@ impl CommandServiceProcess {
 
     /// `leader`, `standby` or `disabled`, or None if it does not answer.
     pub async fn role(&self) -> Option<String> {
-        let response = reqwest::get(format!("http://127.0.0.1:{}/health/relay", self.port))
-            .await
-            .ok()?;
-        let body: serde_json::Value = response.json().await.ok()?;
-        body["role"].as_str().map(str::to_owned)
+        relay_role(&format!("http://127.0.0.1:{}", self.port)).await
     }
+}
+
+/// The relay role (`leader`, `standby` or `disabled`) of the command-service
+/// at `command_url`, or None if it does not answer.
+pub async fn relay_role(command_url: &str) -> Option<String> {
+    let response = reqwest::get(format!("{command_url}/health/relay"))
+        .await
+        .ok()?;
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["role"].as_str().map(str::to_owned)
 }
 
 /// `kill -<signal> <pid>`.

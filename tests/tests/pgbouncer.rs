@@ -18,9 +18,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e_tests::{
-    client, create_product, stack_without_relay, wait_for_relay_to_drain, CommandService, Stack,
+    client, create_product, relay_role, stack_without_relay, wait_for_relay_to_drain,
+    CommandService, Stack,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use service_runtime::postgres::{pool_options, Primary};
 use sqlx::postgres::PgPoolOptions;
 
@@ -191,14 +192,10 @@ async fn commands_through_pgbouncer_are_all_stored_once_replayed_by_key_and_rela
          the commands did not go through it"
     );
 
-    let role: Value = http
-        .get(format!("{}/health/relay", service.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(role["role"], "leader", "{role}");
+    assert_eq!(
+        relay_role(&service.url).await.as_deref(),
+        Some("leader"),
+        "the relay leads over its direct session"
+    );
     wait_for_relay_to_drain(&direct, Duration::from_secs(60)).await;
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use access_control::Scope;
 use e2e_tests::{
-    client, client_builder, create_product, eventually, stack, token, wait_for_relay_to_drain,
-    CommandService, CommandServiceProcess, ProjectorProcess, QueryService, Stack,
+    client, client_builder, create_product, eventually, relay_role, stack, token,
+    wait_for_relay_to_drain, CommandService, CommandServiceProcess, ProjectorProcess, QueryService,
+    Stack,
 };
 use reqwest::header::{HeaderMap, AUTHORIZATION};
 use reqwest::StatusCode;
@@ -856,16 +857,9 @@ async fn kafka_breaker_opens_while_broker_is_down_and_closes_after() {
     replicated_product().await;
     let stack = stack();
     let http = client();
-    let relay: Value = http
-        .get(format!("{}/health/relay", stack.command_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        relay["role"], "leader",
+        relay_role(&stack.command_url).await.as_deref(),
+        Some("leader"),
         "the stack's command-service relays"
     );
     eventually(
