@@ -99,7 +99,11 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let database_url: String = required("PRIMARY_DATABASE_URL")?;
         let transaction_pooler = optional("PRIMARY_TRANSACTION_POOLER", false)?;
-        let session_database_url = session_database_url(&database_url, transaction_pooler)?;
+        let session_database_url = session_database_url(
+            &database_url,
+            transaction_pooler,
+            std::env::var("PRIMARY_SESSION_DATABASE_URL").ok(),
+        )?;
         Ok(Self {
             http_addr: optional("COMMAND_HTTP_ADDR", "127.0.0.1:8080".to_owned())?,
             database_url: database_url.clone(),
@@ -139,13 +143,14 @@ impl Config {
     }
 }
 
-/// `PRIMARY_SESSION_DATABASE_URL`, or `database_url` where no pooler is in
-/// between.
+/// `session` (`PRIMARY_SESSION_DATABASE_URL`), or `database_url` where no
+/// pooler is in between.
 fn session_database_url(
     database_url: &str,
     transaction_pooler: bool,
+    session: Option<String>,
 ) -> Result<String, ConfigError> {
-    let session: String = optional("PRIMARY_SESSION_DATABASE_URL", database_url.to_owned())?;
+    let session = session.unwrap_or_else(|| database_url.to_owned());
     if transaction_pooler && session == database_url {
         return Err(ConfigError::Unusable {
             name: "PRIMARY_SESSION_DATABASE_URL",
@@ -210,6 +215,40 @@ impl fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const POOLER: &str = "postgres://app:pw@pgbouncer:6432/app";
+    const PRIMARY: &str = "postgres://app:pw@primary:5432/app";
+
+    #[test]
+    fn without_a_pooler_the_session_url_defaults_to_the_primary_url() {
+        assert_eq!(
+            session_database_url(PRIMARY, false, None).expect("no pooler, no session URL needed"),
+            PRIMARY
+        );
+        assert_eq!(
+            session_database_url(POOLER, true, Some(PRIMARY.to_owned()))
+                .expect("a session URL to the primary"),
+            PRIMARY
+        );
+    }
+
+    #[test]
+    fn behind_a_pooler_the_session_url_must_name_another_server() {
+        for session in [None, Some(POOLER.to_owned())] {
+            let error = session_database_url(POOLER, true, session)
+                .expect_err("a pooler without a session URL of its own");
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Unusable {
+                        name: "PRIMARY_SESSION_DATABASE_URL",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn debug_output_hides_passwords() {

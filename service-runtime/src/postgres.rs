@@ -103,10 +103,6 @@ impl Primary {
         &self.pool
     }
 
-    pub fn behind_transaction_pooler(&self) -> bool {
-        self.transaction_pooler
-    }
-
     /// A connection to run statements on (`&mut *acquired`); call
     /// [`Acquired::finish`] after the last one. Behind a transaction pooler
     /// they run in one transaction, so a dropped, unfinished `Acquired` rolls

@@ -18,8 +18,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e_tests::{
-    client, create_product, relay_role, stack_without_relay, wait_for_relay_to_drain,
-    CommandService, Stack,
+    client, create_product, relay_role, repo_root, stack_without_relay, wait_for_relay_to_drain,
+    workspace_binary, CommandService, Stack,
 };
 use serde_json::json;
 use service_runtime::postgres::{pool_options, Primary};
@@ -198,4 +198,69 @@ async fn commands_through_pgbouncer_are_all_stored_once_replayed_by_key_and_rela
         "the relay leads over its direct session"
     );
     wait_for_relay_to_drain(&direct, Duration::from_secs(60)).await;
+}
+
+/// `command-service migrate` (the compose and Kubernetes migration job)
+/// applies every migration to an empty database over the direct URL and
+/// exits 0; a second run finds nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrate_command_applies_every_migration_and_exits() {
+    let stack = stack_without_relay();
+    let server = stack
+        .primary_url
+        .strip_suffix("/app")
+        .expect("the stack's URL names database app");
+    let superuser_url = format!("{}/postgres", server.replacen("app:app@", "postgres@", 1));
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&superuser_url)
+        .await
+        .expect("the stack trusts local connections");
+    sqlx::query("DROP DATABASE IF EXISTS migrate_check")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE migrate_check OWNER app")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = format!("{server}/migrate_check");
+
+    for run in 1..=2 {
+        let output = Command::new(workspace_binary("command-service"))
+            .arg("migrate")
+            .env_clear()
+            .env("PRIMARY_DATABASE_URL", &url)
+            .output()
+            .expect("run command-service migrate");
+        assert!(
+            output.status.success(),
+            "migrate run {run}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let files = std::fs::read_dir(repo_root().join("schema/migrations"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    let checked = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&checked)
+        .await
+        .unwrap();
+    assert_eq!(applied, files as i64, "migrations applied by `migrate`");
+    checked.close().await;
+    sqlx::query("DROP DATABASE migrate_check WITH (FORCE)")
+        .execute(&admin)
+        .await
+        .unwrap();
 }
