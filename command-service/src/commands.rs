@@ -9,7 +9,7 @@ use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use schema::consistency::ConsistencyToken;
 use schema::envelope::metadata;
 use schema::trace_context::TraceParent;
-use service_runtime::postgres::Primary;
+use service_runtime::postgres::DbPool;
 use uuid::Uuid;
 
 use crate::aggregate_cache::CachedEventStore;
@@ -95,7 +95,7 @@ fn framework<A: Aggregate<Services = ()> + Clone>(
 /// commit, so a crash in between would lose the event for them. Read models
 /// are fed only from the outbox relay, which cannot skip an event.
 pub struct CommandBus {
-    primary: Primary,
+    primary: DbPool,
     products: Framework<Product>,
     orders: Framework<Order>,
 }
@@ -111,7 +111,7 @@ pub struct CommandContext {
 }
 
 impl CommandBus {
-    pub fn new(primary: Primary, settings: BusSettings) -> Self {
+    pub fn new(primary: DbPool, settings: BusSettings) -> Self {
         let every = settings.snapshot_every.max(1);
         let appends = GroupCommit::start(
             primary.clone(),

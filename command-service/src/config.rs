@@ -7,7 +7,7 @@ use std::time::Duration;
 use access_control::AuthConfig;
 use event_bus::TopicSettings;
 use service_runtime::breaker::BreakerSettings;
-use service_runtime::config::{optional, redact_url, required, ConfigError};
+use service_runtime::config::{optional, redact_url, required, session_database_url, ConfigError};
 
 /// Everything command-service needs to run.
 ///
@@ -22,7 +22,7 @@ pub struct Config {
     pub database_url: String,
     /// `PRIMARY_TRANSACTION_POOLER` (false): `PRIMARY_DATABASE_URL` is a
     /// transaction-mode pooler such as PgBouncer, see
-    /// [`service_runtime::postgres::Primary`].
+    /// [`service_runtime::postgres::DbPool`].
     pub transaction_pooler: bool,
     /// `PRIMARY_SESSION_DATABASE_URL` (default `PRIMARY_DATABASE_URL`): the
     /// primary itself, for what needs a session: the migrations' lock and the
@@ -99,11 +99,7 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let database_url: String = required("PRIMARY_DATABASE_URL")?;
         let transaction_pooler = optional("PRIMARY_TRANSACTION_POOLER", false)?;
-        let session_database_url = session_database_url(
-            &database_url,
-            transaction_pooler,
-            std::env::var("PRIMARY_SESSION_DATABASE_URL").ok(),
-        )?;
+        let session_database_url = session_database_url(&database_url, transaction_pooler)?;
         Ok(Self {
             http_addr: optional("COMMAND_HTTP_ADDR", "127.0.0.1:8080".to_owned())?,
             database_url: database_url.clone(),
@@ -141,26 +137,6 @@ impl Config {
             },
         })
     }
-}
-
-/// `session` (`PRIMARY_SESSION_DATABASE_URL`), or `database_url` where no
-/// pooler is in between.
-fn session_database_url(
-    database_url: &str,
-    transaction_pooler: bool,
-    session: Option<String>,
-) -> Result<String, ConfigError> {
-    let session = session.unwrap_or_else(|| database_url.to_owned());
-    if transaction_pooler && session == database_url {
-        return Err(ConfigError::Unusable {
-            name: "PRIMARY_SESSION_DATABASE_URL",
-            reason: "must name the primary itself when PRIMARY_TRANSACTION_POOLER=true: \
-                     the migrations' lock and the relay's leadership lock need a session, \
-                     which a transaction pooler does not keep"
-                .to_owned(),
-        });
-    }
-    Ok(session)
 }
 
 /// What `command-service migrate` needs: the primary, directly.
@@ -215,40 +191,6 @@ impl fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const POOLER: &str = "postgres://app:pw@pgbouncer:6432/app";
-    const PRIMARY: &str = "postgres://app:pw@primary:5432/app";
-
-    #[test]
-    fn without_a_pooler_the_session_url_defaults_to_the_primary_url() {
-        assert_eq!(
-            session_database_url(PRIMARY, false, None).expect("no pooler, no session URL needed"),
-            PRIMARY
-        );
-        assert_eq!(
-            session_database_url(POOLER, true, Some(PRIMARY.to_owned()))
-                .expect("a session URL to the primary"),
-            PRIMARY
-        );
-    }
-
-    #[test]
-    fn behind_a_pooler_the_session_url_must_name_another_server() {
-        for session in [None, Some(POOLER.to_owned())] {
-            let error = session_database_url(POOLER, true, session)
-                .expect_err("a pooler without a session URL of its own");
-            assert!(
-                matches!(
-                    error,
-                    ConfigError::Unusable {
-                        name: "PRIMARY_SESSION_DATABASE_URL",
-                        ..
-                    }
-                ),
-                "{error}"
-            );
-        }
-    }
 
     #[test]
     fn debug_output_hides_passwords() {

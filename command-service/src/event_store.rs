@@ -10,7 +10,7 @@
 //! `db/init.sql` and `event_repository.rs`), so its readers stay correct.
 //! See `docs/adr/0007-one-round-trip-commands.md`.
 //!
-//! Every statement of the command path goes through [`Primary::acquire`], so
+//! Every statement of the command path goes through [`DbPool::acquire`], so
 //! it works the same through PgBouncer in transaction mode
 //! (`docs/adr/0016-pgbouncer-transaction-mode.md`). The replays
 //! (`stream_events`, `stream_all_events`) are cqrs-es' for rebuilding its
@@ -27,7 +27,7 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
-use service_runtime::postgres::Primary;
+use service_runtime::postgres::DbPool;
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
 
 use crate::group_commit::{Append, AppendError, GroupCommit, Snapshot};
@@ -111,12 +111,12 @@ pub async fn in_scope<F: Future>(bypass_cache: bool, command: F) -> (F::Output, 
 /// Our reads and group-committed appends; postgres-es for replays.
 pub struct EventStore {
     replays: PostgresEventRepository,
-    primary: Primary,
+    primary: DbPool,
     appends: GroupCommit,
 }
 
 impl EventStore {
-    pub fn new(primary: Primary, appends: GroupCommit) -> Self {
+    pub fn new(primary: DbPool, appends: GroupCommit) -> Self {
         Self {
             replays: PostgresEventRepository::new(primary.pool().clone()),
             primary,
@@ -289,7 +289,7 @@ impl PersistedEventRepository for EventStore {
 }
 
 /// Deletes expired Idempotency-Key records every `every` until shutdown.
-pub async fn purge_expired_keys(primary: Primary, every: Duration, shutdown: CancellationToken) {
+pub async fn purge_expired_keys(primary: DbPool, every: Duration, shutdown: CancellationToken) {
     while !sleep_or_shutdown(every, &shutdown).await {
         match purge_once(&primary).await {
             Ok(done) if done.rows_affected() > 0 => {
@@ -304,7 +304,7 @@ pub async fn purge_expired_keys(primary: Primary, every: Duration, shutdown: Can
     }
 }
 
-async fn purge_once(primary: &Primary) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+async fn purge_once(primary: &DbPool) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
     let mut connection = primary.acquire().await?;
     let done = sqlx::query!("DELETE FROM idempotency_keys WHERE expires_at <= now()")
         .execute(&mut *connection)

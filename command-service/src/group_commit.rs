@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
-use service_runtime::postgres::Primary;
+use service_runtime::postgres::DbPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// One command's append.
@@ -78,7 +78,7 @@ pub struct GroupCommitSettings {
 
 impl GroupCommit {
     /// Spawns the workers on the current Tokio runtime.
-    pub fn start(primary: Primary, settings: GroupCommitSettings) -> Self {
+    pub fn start(primary: DbPool, settings: GroupCommitSettings) -> Self {
         let max_batch = settings.max_batch.max(1);
         let (queue, receiver) = mpsc::channel(max_batch * settings.workers.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -105,7 +105,7 @@ impl GroupCommit {
 }
 
 async fn worker(
-    primary: Primary,
+    primary: DbPool,
     queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
     max_batch: usize,
     ttl: Duration,
@@ -129,7 +129,7 @@ async fn worker(
     }
 }
 
-async fn write_batch(primary: &Primary, batch: Vec<Pending>, ttl: Duration) {
+async fn write_batch(primary: &DbPool, batch: Vec<Pending>, ttl: Duration) {
     if batch.len() > 1 {
         let appends: Vec<&Append> = batch.iter().map(|p| &p.append).collect();
         if let Ok(positions) = append_events(primary, &appends, ttl).await {
@@ -156,7 +156,7 @@ async fn write_batch(primary: &Primary, batch: Vec<Pending>, ttl: Duration) {
 /// One `append_events` call for `appends`; the position of each one's last
 /// event, in order.
 async fn append_events(
-    primary: &Primary,
+    primary: &DbPool,
     appends: &[&Append],
     ttl: Duration,
 ) -> Result<Vec<i64>, AppendError> {

@@ -12,8 +12,8 @@
 use actix_web::{web, HttpResponse};
 use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
 use service_runtime::breaker::BreakerMetrics;
+use service_runtime::postgres::DbPool;
 use service_runtime::postgres::PoolMetrics;
-use service_runtime::postgres::Primary;
 
 /// The relay's counters, shared with the relay task.
 #[derive(Clone)]
@@ -87,7 +87,7 @@ impl Metrics {
         })
     }
 
-    async fn refresh_outbox_lag(&self, primary: &Primary) -> Result<(), sqlx::Error> {
+    async fn refresh_outbox_lag(&self, primary: &DbPool) -> Result<(), sqlx::Error> {
         let mut connection = primary.acquire().await?;
         let lag = sqlx::query!(
             r#"WITH cursor AS (
@@ -110,7 +110,7 @@ impl Metrics {
 }
 
 /// `GET /metrics` in the Prometheus text format.
-pub async fn metrics(metrics: web::Data<Metrics>, primary: web::Data<Primary>) -> HttpResponse {
+pub async fn metrics(metrics: web::Data<Metrics>, primary: web::Data<DbPool>) -> HttpResponse {
     // A hung primary must not hang the scrape: that is when the other
     // metrics matter most. Stale lag gauges are better than none.
     match tokio::time::timeout(

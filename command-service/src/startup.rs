@@ -7,7 +7,7 @@ use access_control::Scope;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use problem_details::Problem;
-use service_runtime::postgres::{pool_options, Primary};
+use service_runtime::postgres::{pool_options, DbPool};
 use service_runtime::shutdown::CancellationToken;
 use tracing_actix_web::TracingLogger;
 use traffic_control::{ApiProtection, RouteClass, TraceRootSpan};
@@ -45,7 +45,7 @@ pub struct Application {
     port: u16,
     server: Server,
     relay: Option<OutboxRelay>,
-    primary: Primary,
+    primary: DbPool,
 }
 
 /// `command-service migrate`: applies the schema's migrations and returns
@@ -69,7 +69,7 @@ impl Application {
     /// the pooler, migrations and the relay on sessions of their own
     /// directly to the primary (docs/adr/0016-pgbouncer-transaction-mode.md).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let primary = Primary::connect(
+        let primary = DbPool::connect(
             &config.database_url,
             config.transaction_pooler,
             pool_options(config.pool_size, config.acquire_timeout),
@@ -160,7 +160,7 @@ impl Application {
 
 fn http_server(
     listener: TcpListener,
-    primary: Primary,
+    primary: DbPool,
     relay_status: RelayStatus,
     metrics: Metrics,
     protection: ApiProtection,
@@ -214,22 +214,14 @@ fn http_server(
 }
 
 /// Ready when the primary answers (through the pooler, if there is one).
-async fn ready(primary: web::Data<Primary>) -> HttpResponse {
-    match answers(&primary).await {
+async fn ready(primary: web::Data<DbPool>) -> HttpResponse {
+    match primary.answers().await {
         Ok(()) => HttpResponse::Ok().finish(),
         Err(error) => Problem::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
             .with_detail(format!("primary database: {error}"))
             .with_retry_after(1)
             .to_response(),
     }
-}
-
-async fn answers(primary: &Primary) -> Result<(), sqlx::Error> {
-    let mut connection = primary.acquire().await?;
-    sqlx::query!("SELECT 1 AS one")
-        .fetch_one(&mut *connection)
-        .await?;
-    connection.finish().await
 }
 
 /// `{"role": "leader" | "standby" | "disabled"}`: which instance relays.

@@ -4,9 +4,9 @@ Every rule guards against a mistake that `docker compose config` would not
 catch, or that this machine (no docker engine) could not catch otherwise:
 a service depending on one that does not exist or is in a profile, an
 environment variable no crate reads (a typo the service silently ignores),
-a session URL sent through the transaction pooler, a dashboard querying a
-metric nobody exports. Run with `--self-test` to see each rule fail on a
-mistake made on purpose in a temporary copy.
+a session URL sent through the transaction pooler or a service bypassing it,
+a dashboard querying a metric nobody exports. Run with `--self-test` to see
+each rule fail on a mistake made on purpose in a temporary copy.
 """
 
 from __future__ import annotations
@@ -94,6 +94,17 @@ def env_names_read(sources: tuple[str, ...]) -> set[str]:
         if path.is_file() and marker in path.read_text(encoding="utf-8"):
             names.add(name)
     return names
+
+
+@functools.lru_cache(maxsize=None)
+def needs_session_url(binary: str) -> bool:
+    """Whether `binary` keeps session state on the primary (migrations, the
+    relay's lock) and so requires PRIMARY_SESSION_DATABASE_URL behind a
+    transaction pooler: its own crate asks service_runtime for that URL."""
+    if binary not in SERVICE_CRATES:
+        return False
+    call = re.compile(r"\bsession_database_url\(")
+    return any(call.search(path.read_text(encoding="utf-8")) for path in (REPO_ROOT / binary / "src").rglob("*.rs"))
 
 
 def aggregate_types() -> list[str] | None:
@@ -434,10 +445,22 @@ def check_project_services(
             host = broker.strip().rsplit(":", 1)[0]
             if host not in reachable:
                 problems.add("compose.yaml", f"{where}.environment.KAFKA_BROKERS: host {host} is not a compose service or alias")
-        # Sessions must bypass the transaction pooler; pooled URLs must go through it.
+        # Sessions must bypass the transaction pooler; everything else goes
+        # through it once there is one. The migration job's
+        # PRIMARY_DATABASE_URL is a session URL (`migrate` falls back to it).
         pooled = env.get("PRIMARY_TRANSACTION_POOLER", "false").lower() == "true"
-        primary_host, primary_port = url_host_port(env.get("PRIMARY_DATABASE_URL", ""))
-        session_host, _ = url_host_port(env.get("PRIMARY_SESSION_DATABASE_URL", ""))
+        migrator = name in migrators
+        session_url = env.get("PRIMARY_SESSION_DATABASE_URL") or (env.get("PRIMARY_DATABASE_URL") if migrator else None)
+        primary_url = None if migrator else env.get("PRIMARY_DATABASE_URL")
+        primary_host, primary_port = url_host_port(primary_url or "")
+        session_host, _ = url_host_port(session_url or "")
+        if pooler_name and primary_url and not pooled and primary_host != pooler_name:
+            problems.add(
+                "compose.yaml",
+                f"{where}: PRIMARY_DATABASE_URL bypasses the pooler {pooler_name}: every service's "
+                "primary connections go through it (with PRIMARY_TRANSACTION_POOLER=true); only "
+                "PRIMARY_SESSION_DATABASE_URL reaches the primary directly",
+            )
         if pooled and (primary_host != pooler_name or primary_port != pgbouncer_port):
             problems.add(
                 "compose.yaml",
@@ -450,13 +473,13 @@ def check_project_services(
                 f"{where}: PRIMARY_DATABASE_URL goes through the pooler {pooler_name} without PRIMARY_TRANSACTION_POOLER=true",
             )
         if pooler_name and session_host == pooler_name:
+            variable = "PRIMARY_SESSION_DATABASE_URL" if env.get("PRIMARY_SESSION_DATABASE_URL") else "PRIMARY_DATABASE_URL"
             problems.add(
                 "compose.yaml",
-                f"{where}: PRIMARY_SESSION_DATABASE_URL goes through the transaction pooler; sessions "
+                f"{where}: {variable} (a session URL) goes through the transaction pooler; sessions "
                 "(advisory locks, migrations) must reach the primary directly",
             )
-        command = service.get("command") or []
-        if pooled and command[:1] in (["command-service"], ["projector"]) and not session_host:
+        if pooled and needs_session_url(binary) and not session_host:
             problems.add("compose.yaml", f"{where}: behind the pooler it needs PRIMARY_SESSION_DATABASE_URL")
         if is_one_shot(service):
             continue
@@ -775,11 +798,11 @@ MISTAKES = [
     ("unescaped $", "compose.yaml", "redis-cli ping | grep -qx PONG", "redis-cli ping | grep -qx $(echo PONG)",
      "bad interpolation"),
     ("migration job missing from depends_on", "compose.yaml",
-     "      migrate:\n        condition: service_completed_successfully\n      postgres-primary:\n        condition: service_healthy\n      postgres-replica:",
-     "      postgres-primary:\n        condition: service_healthy\n      postgres-replica:", "does not wait for the migration job"),
+     "      migrate:\n        condition: service_completed_successfully\n      pgbouncer:\n        condition: service_healthy\n      postgres-replica:",
+     "      pgbouncer:\n        condition: service_healthy\n      postgres-replica:", "does not wait for the migration job"),
     ("topic job missing from depends_on", "compose.yaml",
-     "      kafka-topics:\n        condition: service_completed_successfully\n      postgres-primary:\n        condition: service_healthy\n      redis:\n        condition: service_healthy\n\n  # Load",
-     "      postgres-primary:\n        condition: service_healthy\n      redis:\n        condition: service_healthy\n\n  # Load",
+     "      kafka-topics:\n        condition: service_completed_successfully\n      pgbouncer:\n        condition: service_healthy\n      postgres-primary:\n        condition: service_healthy\n      redis:\n        condition: service_healthy\n\n  # Load",
+     "      pgbouncer:\n        condition: service_healthy\n      postgres-primary:\n        condition: service_healthy\n      redis:\n        condition: service_healthy\n\n  # Load",
      "does not wait for the topic job"),
     ("topic list out of date", "compose.yaml", "EVENT_AGGREGATES: product order", "EVENT_AGGREGATES: product",
      "aggregate types"),
@@ -834,6 +857,28 @@ MISTAKES = [
     ("pooler URL without the pooler flag", "compose.yaml",
      "      PRIMARY_TRANSACTION_POOLER: \"true\"\n      PRIMARY_SESSION_DATABASE_URL", "      PRIMARY_SESSION_DATABASE_URL",
      "without PRIMARY_TRANSACTION_POOLER=true"),
+    ("projector straight to the primary while a pooler exists", "compose.yaml",
+     "      PRIMARY_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@pgbouncer:6432/app\n      PRIMARY_TRANSACTION_POOLER: \"true\"\n      PRIMARY_SESSION_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@postgres-primary:5432/app\n      PROJECTOR_POOL_SIZE",
+     "      PRIMARY_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@postgres-primary:5432/app\n      PROJECTOR_POOL_SIZE",
+     "services.projector: PRIMARY_DATABASE_URL bypasses the pooler"),
+    ("query-service straight to the primary while a pooler exists", "compose.yaml",
+     "      PRIMARY_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@pgbouncer:6432/app\n      PRIMARY_TRANSACTION_POOLER: \"true\"\n      PRIMARY_READ_POOL_SIZE",
+     "      PRIMARY_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@postgres-primary:5432/app\n      PRIMARY_READ_POOL_SIZE",
+     "services.query-service: PRIMARY_DATABASE_URL bypasses the pooler"),
+    ("query-service through the pooler without the pooler flag", "compose.yaml",
+     "      PRIMARY_TRANSACTION_POOLER: \"true\"\n      PRIMARY_READ_POOL_SIZE", "      PRIMARY_READ_POOL_SIZE",
+     "services.query-service: PRIMARY_DATABASE_URL goes through the pooler pgbouncer without PRIMARY_TRANSACTION_POOLER=true"),
+    ("projector behind the pooler without a session URL", "compose.yaml",
+     "      PRIMARY_SESSION_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@postgres-primary:5432/app\n      PROJECTOR_POOL_SIZE",
+     "      PROJECTOR_POOL_SIZE", "services.projector: behind the pooler it needs PRIMARY_SESSION_DATABASE_URL"),
+    ("projector's session URL through the pooler", "compose.yaml",
+     "      PRIMARY_SESSION_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@postgres-primary:5432/app\n      PROJECTOR_POOL_SIZE",
+     "      PRIMARY_SESSION_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@pgbouncer:6432/app\n      PROJECTOR_POOL_SIZE",
+     "services.projector: PRIMARY_SESSION_DATABASE_URL (a session URL) goes through"),
+    ("migration job through the pooler", "compose.yaml",
+     "command: [\"command-service\", \"migrate\"]\n    environment:\n      LOG_FORMAT: json\n      PRIMARY_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@postgres-primary:5432/app",
+     "command: [\"command-service\", \"migrate\"]\n    environment:\n      LOG_FORMAT: json\n      PRIMARY_DATABASE_URL: postgres://app:${APP_DB_PASSWORD:?set APP_DB_PASSWORD in deploy/compose/.env}@pgbouncer:6432/app\n      PRIMARY_TRANSACTION_POOLER: \"true\"",
+     "services.migrate: PRIMARY_DATABASE_URL (a session URL) goes through"),
     ("service without an HTTP address", "compose.yaml", "      PROJECTOR_HTTP_ADDR: 0.0.0.0:8080\n", "",
      "no *_HTTP_ADDR"),
     ("no migration job", "compose.yaml", 'command: ["command-service", "migrate"]', 'command: ["command-service"]',

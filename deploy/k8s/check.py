@@ -252,6 +252,19 @@ def env_names_by_binary(repo_root: Path) -> dict[str, tuple[set[str], list[str]]
     return found
 
 
+def session_binaries(repo_root: Path) -> set[str]:
+    """The binaries that keep session state on the primary (migrations, the
+    relay's lock) and so require PRIMARY_SESSION_DATABASE_URL behind a
+    transaction pooler: their own crate asks service_runtime for that URL.
+    query-service does not, and is not asked for one."""
+    call = re.compile(r"\bsession_database_url\(")
+    return {
+        binary_name
+        for binary_name in OUR_BINARIES
+        if any(call.search(path.read_text()) for path in (repo_root / binary_name / "src").rglob("*.rs"))
+    }
+
+
 # ---------------------------------------------------------------- rules
 
 
@@ -465,7 +478,9 @@ def points_at(url: str | None, service: dict) -> bool:
     return labels[0] == name and (len(labels) == 1 or not namespace or labels[1] == namespace)
 
 
-def check_containers(target: Target, env_names: dict[str, tuple[set[str], list[str]]]) -> None:
+def check_containers(
+    target: Target, env_names: dict[str, tuple[set[str], list[str]]], sessions: set[str]
+) -> None:
     """Env names the crates read; database URLs that must or must not go
     through PgBouncer; pinned images."""
     poolers = pooler_services(target)
@@ -492,13 +507,27 @@ def check_containers(target: Target, env_names: dict[str, tuple[set[str], list[s
             if migrate and session is None:
                 session = env.get("PRIMARY_DATABASE_URL")
             primary = None if migrate else env.get("PRIMARY_DATABASE_URL")
+            pooled = str(env.get("PRIMARY_TRANSACTION_POOLER")).lower() == "true"
+            # A pooler that is deployed serves every service's primary
+            # connections; only sessions reach the primary directly. (A fork
+            # with a managed pooler deploys none, so this cannot tell.)
+            if poolers and primary and not any(points_at(primary, s) for s in poolers):
+                target.problem(
+                    f"{where}: PRIMARY_DATABASE_URL bypasses PgBouncer "
+                    f"({', '.join(ref(s) for s in poolers)}); only session URLs may reach the primary directly"
+                )
+            if pooled and not migrate and binary(c) in sessions and not session:
+                target.problem(
+                    f"{where}: PRIMARY_TRANSACTION_POOLER is true but PRIMARY_SESSION_DATABASE_URL is not set "
+                    f"({binary(c)} needs a direct session for what a transaction pooler cannot hold, such as its migrations)"
+                )
             for service in poolers:
                 if points_at(session, service):
                     target.problem(
                         f"{where}: its session URL goes through PgBouncer ({ref(service)}); "
                         "advisory locks and migrations need the primary directly"
                     )
-                if points_at(primary, service) and str(env.get("PRIMARY_TRANSACTION_POOLER")).lower() != "true":
+                if points_at(primary, service) and not pooled:
                     target.problem(
                         f"{where}: PRIMARY_DATABASE_URL goes through PgBouncer ({ref(service)}) "
                         "but PRIMARY_TRANSACTION_POOLER is not true"
@@ -542,6 +571,7 @@ def main() -> int:
 
     try:
         env_names = env_names_by_binary(args.repo_root)
+        sessions = session_binaries(args.repo_root)
     except OSError as error:
         print(f"deploy/k8s/check: cannot read the crates in {args.repo_root}: {error}", file=sys.stderr)
         return 2
@@ -560,7 +590,7 @@ def main() -> int:
             check_workloads(target)
             check_budgets(target)
             check_autoscalers(target, adapter)
-            check_containers(target, env_names)
+            check_containers(target, env_names, sessions)
             check_services(target)
         problems += target.problems
         checked.append(f"{name} ({len(docs)} documents)")

@@ -62,6 +62,15 @@ def pod(documents: list[dict], kind: str = "Deployment") -> dict:
     return first(documents, kind)["spec"]["template"]["spec"]
 
 
+def env_var(documents: list[dict], name: str) -> dict:
+    """The first Deployment's first container's `env` entry `name`."""
+    return next(e for e in container(documents)["env"] if e["name"] == name)
+
+
+def secret_key(documents: list[dict], name: str) -> dict:
+    return env_var(documents, name)["valueFrom"]["secretKeyRef"]
+
+
 # (what the mistake is, file in deploy/k8s, edit, text the checker must print)
 CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("kustomization names a missing file", "base/kustomization.yaml",
@@ -115,7 +124,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("env name no crate reads (env)", "base/query-service.yaml",
      docs(lambda d: container(d)["env"].append({"name": "QUERY_CACHE_SIZE", "value": "100"})), "env QUERY_CACHE_SIZE is read by none of query-service"),
     ("secret key that does not exist", "base/projector.yaml",
-     docs(lambda d: container(d)["env"][0]["valueFrom"]["secretKeyRef"].update(key="primary_url")), "has no key primary_url"),
+     docs(lambda d: secret_key(d, "PRIMARY_DATABASE_URL").update(key="primary_url")), "has no key primary_url"),
     ("ConfigMap that does not exist", "base/query-service.yaml",
      docs(lambda d: container(d)["envFrom"][1]["configMapRef"].update(name="query-config")), "ConfigMap query-config does not exist"),
     ("Service selecting no pods", "base/projector.yaml",
@@ -129,12 +138,24 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
      text("CHANGE-ME@primary.db.example.internal:5432", "CHANGE-ME@pgbouncer:6432"), "its session URL goes through PgBouncer"),
     ("PgBouncer without the pooler flag", "base/command-service.env",
      text("PRIMARY_TRANSACTION_POOLER=true", "PRIMARY_TRANSACTION_POOLER=false"), "PRIMARY_TRANSACTION_POOLER is not true"),
-    ("query-service through PgBouncer (its statements are not wrapped)", "base/query-service.yaml",
-     docs(lambda d: container(d)["env"][0]["valueFrom"]["secretKeyRef"].update(key="primary-pgbouncer-url")),
+    ("query-service through PgBouncer without the pooler flag", "base/query-service.env",
+     text("PRIMARY_TRANSACTION_POOLER=true", "PRIMARY_TRANSACTION_POOLER=false"),
      "deployment/query-service container query-service: PRIMARY_DATABASE_URL goes through PgBouncer"),
+    ("projector straight to the primary while PgBouncer is deployed", "base/projector.yaml",
+     docs(lambda d: secret_key(d, "PRIMARY_DATABASE_URL").update(key="primary-url")),
+     "deployment/projector container projector: PRIMARY_DATABASE_URL bypasses PgBouncer"),
+    ("query-service straight to the primary while PgBouncer is deployed", "base/query-service.yaml",
+     docs(lambda d: secret_key(d, "PRIMARY_DATABASE_URL").update(key="primary-url")),
+     "deployment/query-service container query-service: PRIMARY_DATABASE_URL bypasses PgBouncer"),
+    ("projector behind PgBouncer without a session URL", "base/projector.yaml",
+     docs(lambda d: container(d)["env"].remove(env_var(d, "PRIMARY_SESSION_DATABASE_URL"))),
+     "deployment/projector container projector: PRIMARY_TRANSACTION_POOLER is true but PRIMARY_SESSION_DATABASE_URL is not set"),
+    ("projector's session URL through PgBouncer", "base/projector.yaml",
+     docs(lambda d: secret_key(d, "PRIMARY_SESSION_DATABASE_URL").update(key="primary-pgbouncer-url")),
+     "deployment/projector container projector: its session URL goes through PgBouncer"),
     ("a variable the service does not read (another one does)", "base/projector.env",
-     text("PROJECTOR_POOL_SIZE=4", "PROJECTOR_POOL_SIZE=4\nPRIMARY_TRANSACTION_POOLER=true"),
-     "env PRIMARY_TRANSACTION_POOLER is read by none of projector"),
+     text("PROJECTOR_POOL_SIZE=4", "PROJECTOR_POOL_SIZE=4\nRELAY_ENABLED=true"),
+     "env RELAY_ENABLED is read by none of projector"),
     ("moving image tag", "overlays/production/kustomization.yaml",
      text('newTag: "0.1.0"', "newTag: latest"), "is not pinned to a tag or digest"),
 ]

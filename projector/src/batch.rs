@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use schema::envelope::{AnyEvent, EventHeaders};
 
-use sqlx::{Connection, PgConnection, PgPool};
+use service_runtime::postgres::DbPool;
+use sqlx::{Connection, PgConnection};
 
 use crate::projections::Projection;
 use crate::store::{self, is_transient, ApplyError, BatchEffects, StreamEvent};
@@ -168,7 +169,7 @@ pub struct Outcome {
 /// Applies `messages` (in the order received) for consumer group `group` in
 /// one transaction.
 pub async fn apply(
-    pool: &PgPool,
+    pool: &DbPool,
     group: &str,
     messages: &[Message],
     mode: Mode,

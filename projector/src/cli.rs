@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use service_runtime::postgres::{pool_options, DbPool};
 use service_runtime::shutdown::{cancel_on_signal, CancellationToken};
 
 use crate::config::Config;
@@ -67,9 +68,14 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         app.run_until_stopped(shutdown).await?;
         return Ok(());
     }
-    let pool = service_runtime::postgres::pool_options(2, Duration::from_secs(10))
-        .connect(&config.database_url)
-        .await?;
+    // Through the pooler when there is one, like the service: nothing here
+    // needs a session (no migrations).
+    let pool = DbPool::connect(
+        &config.database_url,
+        config.transaction_pooler,
+        pool_options(2, Duration::from_secs(10)),
+    )
+    .await?;
     let redis = redis::Client::open(config.redis_url.as_str())?;
     let desk = DeadLetterDesk {
         pool,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use access_control::AuthConfig;
 use event_bus::TopicSettings;
-use service_runtime::config::{optional, redact_url, required, ConfigError};
+use service_runtime::config::{optional, redact_url, required, session_database_url, ConfigError};
 
 use crate::partitions::MaintenanceSettings;
 
@@ -19,8 +19,17 @@ pub struct Config {
     /// `PROJECTOR_HTTP_ADDR`: health endpoints (`127.0.0.1:0` picks a free port).
     pub http_addr: String,
     /// `PRIMARY_DATABASE_URL`: read models are written to the primary and
-    /// reach the replicas by streaming replication.
+    /// reach the replicas by streaming replication; or PgBouncer in front of
+    /// it (then set `PRIMARY_TRANSACTION_POOLER`).
     pub database_url: String,
+    /// `PRIMARY_TRANSACTION_POOLER` (false): `PRIMARY_DATABASE_URL` is a
+    /// transaction-mode pooler such as PgBouncer, see
+    /// [`service_runtime::postgres::DbPool`].
+    pub transaction_pooler: bool,
+    /// `PRIMARY_SESSION_DATABASE_URL` (default `PRIMARY_DATABASE_URL`): the
+    /// primary itself, for what needs a session: the migrations' lock.
+    /// Required, and different, when `PRIMARY_TRANSACTION_POOLER` is true.
+    pub session_database_url: String,
     /// `PROJECTOR_POOL_SIZE`
     pub pool_size: u32,
     /// `REDIS_URL`
@@ -59,9 +68,14 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let database_url: String = required("PRIMARY_DATABASE_URL")?;
+        let transaction_pooler = optional("PRIMARY_TRANSACTION_POOLER", false)?;
+        let session_database_url = session_database_url(&database_url, transaction_pooler)?;
         Ok(Self {
             http_addr: optional("PROJECTOR_HTTP_ADDR", "127.0.0.1:8082".to_owned())?,
-            database_url: required("PRIMARY_DATABASE_URL")?,
+            database_url,
+            transaction_pooler,
+            session_database_url,
             pool_size: optional("PROJECTOR_POOL_SIZE", 4)?,
             redis_url: required("REDIS_URL")?,
             topics: TopicSettings::from_env()?,
@@ -94,6 +108,11 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
             .field("database_url", &redact_url(&self.database_url))
+            .field("transaction_pooler", &self.transaction_pooler)
+            .field(
+                "session_database_url",
+                &redact_url(&self.session_database_url),
+            )
             .field("pool_size", &self.pool_size)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("topics", &self.topics)
@@ -120,6 +139,8 @@ mod tests {
         let config = Config {
             http_addr: "127.0.0.1:0".to_owned(),
             database_url: "postgres://app:db-password@db:5432/app".to_owned(),
+            transaction_pooler: true,
+            session_database_url: "postgres://app:session-password@db:5432/app".to_owned(),
             pool_size: 4,
             redis_url: "redis://:redis-password@cache:6379/".to_owned(),
             topics: TopicSettings {
@@ -147,6 +168,7 @@ mod tests {
         let debug = format!("{config:?}");
         for secret in [
             "db-password",
+            "session-password",
             "redis-password",
             "the-jwt-secret-that-must-not-leak!",
         ] {

@@ -16,8 +16,8 @@ use rdkafka::consumer::{
 use rdkafka::message::{Headers, Message as _, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use service_runtime::backoff::Backoff;
+use service_runtime::postgres::DbPool;
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
-use sqlx::PgPool;
 
 use crate::batch::{self, BatchError, Message, Mode, NotProjected, Outcome};
 use crate::config::Config;
@@ -28,7 +28,7 @@ use crate::start_check::{StartChecks, Verdict};
 /// Starts assigned partitions at the offsets stored in Postgres.
 /// Also feeds librdkafka's statistics (high watermarks) to the lag metrics.
 pub struct OffsetsFromPostgres {
-    pool: PgPool,
+    pool: DbPool,
     group: String,
     runtime: tokio::runtime::Handle,
     lag: LagTracker,
@@ -52,10 +52,18 @@ impl ConsumerContext for OffsetsFromPostgres {
     /// librdkafka assigns the list it hands us after this returns, with the
     /// offsets set here. The callback is synchronous and runs inside the
     /// consume loop's `recv()`, on a runtime worker, hence `block_in_place`
-    /// (the projector needs a multi-threaded runtime).
+    /// (the projector needs a multi-threaded runtime). Revoked partitions
+    /// leave this instance's lag gauges: their new owner reports them.
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(assigned) = rebalance else {
-            return;
+        let assigned = match rebalance {
+            Rebalance::Assign(assigned) => assigned,
+            Rebalance::Revoke(revoked) => {
+                for element in revoked.elements() {
+                    self.lag.forget(element.topic(), element.partition());
+                }
+                return;
+            }
+            Rebalance::Error(_) => return,
         };
         let stored = tokio::task::block_in_place(|| {
             self.runtime
@@ -90,23 +98,26 @@ impl ConsumerContext for OffsetsFromPostgres {
 }
 
 async fn stored_offsets(
-    pool: &PgPool,
+    pool: &DbPool,
     group: &str,
 ) -> Result<HashMap<(String, i32), i64>, sqlx::Error> {
-    Ok(sqlx::query!(
+    let mut connection = pool.acquire().await?;
+    let rows = sqlx::query!(
         "SELECT topic, partition, next_offset FROM projector_offsets WHERE consumer_group = $1",
         group
     )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| ((r.topic, r.partition), r.next_offset))
-    .collect())
+    .fetch_all(&mut *connection)
+    .await?;
+    connection.finish().await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.topic, r.partition), r.next_offset))
+        .collect())
 }
 
 pub struct Projector {
     consumer: StreamConsumer<OffsetsFromPostgres>,
-    pool: PgPool,
+    pool: DbPool,
     redis: RedisSink,
     metrics: Metrics,
     lag: LagTracker,
@@ -122,7 +133,7 @@ impl Projector {
     /// [`OffsetsFromPostgres`]).
     pub fn new(
         config: &Config,
-        pool: PgPool,
+        pool: DbPool,
         redis: RedisSink,
         metrics: Metrics,
     ) -> Result<Self, rdkafka::error::KafkaError> {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use service_runtime::postgres::DbPool;
 
 use crate::batch::{self, BatchError, Message};
 use crate::store::{self, BatchEffects};
@@ -59,31 +59,34 @@ pub struct Resolution {
 }
 
 /// Every parked letter of `group`, oldest first.
-pub async fn list(pool: &PgPool, group: &str) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    sqlx::query_as!(
+pub async fn list(pool: &DbPool, group: &str) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    let letters = sqlx::query_as!(
         DeadLetter,
         "SELECT id, topic, partition, kafka_offset, aggregate_type, aggregate_id, sequence,
                 reason, error, parked_at
            FROM projector_dead_letters WHERE consumer_group = $1 ORDER BY id",
         group
     )
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *connection)
+    .await?;
+    connection.finish().await?;
+    Ok(letters)
 }
 
 /// Applies the letters of `id`'s aggregate again, oldest first, until one fails.
-pub async fn retry(pool: &PgPool, group: &str, id: i64) -> Result<Resolution, DeadLetterError> {
+pub async fn retry(pool: &DbPool, group: &str, id: i64) -> Result<Resolution, DeadLetterError> {
     resolve(pool, group, id, false).await
 }
 
 /// Drops letter `id` (the oldest of its aggregate) without applying it, moves
 /// the read model's version past it, then applies the letters behind it.
-pub async fn skip(pool: &PgPool, group: &str, id: i64) -> Result<Resolution, DeadLetterError> {
+pub async fn skip(pool: &DbPool, group: &str, id: i64) -> Result<Resolution, DeadLetterError> {
     resolve(pool, group, id, true).await
 }
 
 async fn resolve(
-    pool: &PgPool,
+    pool: &DbPool,
     group: &str,
     id: i64,
     skip: bool,
@@ -207,7 +210,7 @@ fn headers_from_json(headers: &serde_json::Value) -> Vec<(String, Vec<u8>)> {
 /// invalidations published, as after a batch.
 #[derive(Clone)]
 pub struct DeadLetterDesk {
-    pub pool: PgPool,
+    pub pool: DbPool,
     pub redis: crate::redis_sink::RedisSink,
     pub group: String,
 }

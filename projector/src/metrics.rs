@@ -6,8 +6,7 @@ use prometheus::{
     TextEncoder,
 };
 use service_runtime::breaker::BreakerMetrics;
-use service_runtime::postgres::PoolMetrics;
-use sqlx::PgPool;
+use service_runtime::postgres::{DbPool, PoolMetrics};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -196,16 +195,23 @@ pub struct Group(pub String);
 /// The gauges kept in the database: parked dead letters, and the progress of
 /// rebuilds (they run in another process, `projector rebuild`, and write it
 /// to the `projections` table).
-async fn refresh_from_database(metrics: &Metrics, pool: &PgPool, group: &str) {
+async fn refresh_from_database(metrics: &Metrics, pool: &DbPool, group: &str) {
+    let mut connection = match pool.acquire().await {
+        Ok(connection) => connection,
+        // A stale gauge is better than no metrics at all.
+        Err(error) => {
+            tracing::warn!(%error, "cannot count dead letters or read rebuild progress");
+            return;
+        }
+    };
     match sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM projector_dead_letters WHERE consumer_group = $1"#,
         group
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *connection)
     .await
     {
         Ok(count) => metrics.dead_letters.set(count),
-        // A stale gauge is better than no metrics at all.
         Err(error) => tracing::warn!(%error, "cannot count dead letters"),
     }
     // Rebuilds run in another process (`projector rebuild`): their progress
@@ -215,7 +221,7 @@ async fn refresh_from_database(metrics: &Metrics, pool: &PgPool, group: &str) {
                   (rebuild_started_at IS NOT NULL AND rebuild_finished_at IS NULL) AS "running!"
              FROM projections"#
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await
     {
         Ok(rows) => {
@@ -237,16 +243,20 @@ async fn refresh_from_database(metrics: &Metrics, pool: &PgPool, group: &str) {
         }
         Err(error) => tracing::warn!(%error, "cannot read rebuild progress"),
     }
+    // Read-only: a failed commit loses nothing.
+    if let Err(error) = connection.finish().await {
+        tracing::debug!(%error, "ending the metrics transaction");
+    }
 }
 
 /// `GET /metrics` in the Prometheus text format.
 pub async fn metrics(
     metrics: web::Data<Metrics>,
-    pool: web::Data<PgPool>,
+    pool: web::Data<DbPool>,
     group: web::Data<Group>,
 ) -> HttpResponse {
     metrics.refresh_lag();
-    metrics.pools.observe("primary", &pool);
+    metrics.pools.observe("primary", pool.pool());
     // A hung primary must not hang the scrape; stale gauges beat none.
     if tokio::time::timeout(
         service_runtime::postgres::SCRAPE_QUERY_TIMEOUT,
@@ -326,6 +336,20 @@ impl LagTracker {
             // message: its age is at most that message's.
             p.oldest_unapplied_ms = if pending { newest_ms } else { None };
         });
+    }
+
+    /// The partition moved to another member of the group: its lag is
+    /// theirs to report now. Without this an instance keeps exporting the
+    /// lag it last saw for every partition it ever held, frozen, and a sum
+    /// over instances counts those partitions twice.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        if let Ok(mut partitions) = self.metrics.lag_state.lock() {
+            partitions.remove(&(topic.to_owned(), partition));
+        }
+        let labels = [topic, &partition.to_string()];
+        // An error only says the partition never had a gauge.
+        let _ = self.metrics.lag_events.remove_label_values(&labels);
+        let _ = self.metrics.lag_seconds.remove_label_values(&labels);
     }
 
     fn update(&self, topic: &str, partition: i32, change: impl FnOnce(&mut PartitionLag)) {

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use service_runtime::backoff::Backoff;
+use service_runtime::postgres::DbPool;
 use service_runtime::shutdown::{sleep_or_shutdown, CancellationToken};
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 
 /// How the partition maintenance task keeps `customer_order_history`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +341,7 @@ pub enum MaintenanceError {
 /// partitions ahead, stragglers adopted, retention applied (see the module
 /// docs). Stops at the first failure.
 pub async fn maintain_once(
-    pool: &PgPool,
+    pool: &DbPool,
     settings: &MaintenanceSettings,
     today: NaiveDate,
 ) -> Result<MaintenanceReport, MaintenanceError> {
@@ -351,8 +352,15 @@ pub async fn maintain_once(
     let ahead: BTreeSet<Month> = (0..=settings.ahead_months)
         .map_while(|n| current.plus(n))
         .collect();
+    let mut connection = pool.acquire().await.map_err(MaintenanceError::Begin)?;
+    let found = straggler_months(&mut connection).await?;
+    let attached = attached_partitions(&mut *connection).await?;
+    connection
+        .finish()
+        .await
+        .map_err(MaintenanceError::Commit)?;
     let mut stragglers = BTreeSet::new();
-    for month in straggler_months(pool).await? {
+    for month in found {
         if !month.is_partitionable() {
             tracing::warn!(
                 year = month.year,
@@ -368,8 +376,7 @@ pub async fn maintain_once(
         }
         stragglers.insert(month);
     }
-    let existing: BTreeSet<Month> = attached_partitions(pool)
-        .await?
+    let existing: BTreeSet<Month> = attached
         .iter()
         .filter_map(|name| Month::from_partition_name(name))
         .collect();
@@ -403,7 +410,7 @@ pub async fn maintain_once(
 /// whichever is shorter. (`Application::build` makes a run of its own, so
 /// a second one right at start would only race it.)
 pub async fn run_maintenance(
-    pool: PgPool,
+    pool: DbPool,
     settings: MaintenanceSettings,
     first_run_in: Duration,
     shutdown: CancellationToken,
@@ -453,7 +460,7 @@ pub async fn run_maintenance(
 /// all in one transaction. This is also lighter on readers: ATTACH takes
 /// only SHARE UPDATE EXCLUSIVE on the parent, CREATE ... PARTITION OF takes
 /// ACCESS EXCLUSIVE.
-async fn create_partition(pool: &PgPool, month: Month) -> Result<Option<u64>, MaintenanceError> {
+async fn create_partition(pool: &DbPool, month: Month) -> Result<Option<u64>, MaintenanceError> {
     let ddl = month
         .ddl()
         .ok_or(MaintenanceError::MonthOutOfRange(month))?;
@@ -505,7 +512,7 @@ async fn create_partition(pool: &PgPool, month: Month) -> Result<Option<u64>, Ma
 /// behind, never a half-removed partition; the next run finds it by name and
 /// drops it.
 async fn apply_retention(
-    pool: &PgPool,
+    pool: &DbPool,
     settings: &MaintenanceSettings,
     today: NaiveDate,
     cutoff: Month,
@@ -625,7 +632,7 @@ async fn detached_partitions<'c>(db: impl PgExecutor<'c>) -> Result<Vec<String>,
 }
 
 /// The UTC months of the rows in the DEFAULT partition.
-async fn straggler_months(pool: &PgPool) -> Result<Vec<Month>, MaintenanceError> {
+async fn straggler_months(conn: &mut PgConnection) -> Result<Vec<Month>, MaintenanceError> {
     let rows = sqlx::query!(
         r#"SELECT DISTINCT
                EXTRACT(YEAR FROM occurred_at AT TIME ZONE 'UTC')::int4 AS "year!",
@@ -633,7 +640,7 @@ async fn straggler_months(pool: &PgPool) -> Result<Vec<Month>, MaintenanceError>
            FROM customer_order_history_default
            WHERE isfinite(occurred_at)"#
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(MaintenanceError::ListStragglers)?;
     Ok(rows

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use schema::envelope::{AnyEvent, EventHeaders};
-use sqlx::{PgConnection, PgPool};
+use service_runtime::postgres::DbPool;
+use sqlx::PgConnection;
 
 use crate::projections::Projection;
 use crate::store::{self, ApplyError, StreamEvent};
@@ -104,7 +105,7 @@ struct Cursor {
 /// production; tests widen the window in which the live projection moves
 /// ahead, which the swap must then catch up with). Returns the final progress.
 pub async fn rebuild(
-    pool: &PgPool,
+    pool: &DbPool,
     projection: Projection,
     pause_before_swap: Duration,
     mut report: impl FnMut(&Progress),
@@ -118,14 +119,15 @@ pub async fn rebuild(
         .collect();
     let started = Instant::now();
 
+    let mut connection = pool.acquire().await?;
     sqlx::query!("SELECT projection_create_shadow($1, $2)", shadow, &tables)
-        .execute(pool)
+        .execute(&mut *connection)
         .await?;
     let total = sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM events WHERE aggregate_type = $1"#,
         projection.aggregate_type()
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *connection)
     .await?;
     sqlx::query!(
         "UPDATE projections
@@ -135,8 +137,9 @@ pub async fn rebuild(
         projection.name(),
         total
     )
-    .execute(pool)
+    .execute(&mut *connection)
     .await?;
+    connection.finish().await?;
 
     let mut cursor = Cursor {
         transaction_id: "0".to_owned(),
@@ -204,12 +207,14 @@ pub async fn rebuild(
     report(&progress);
 
     // The old tables are no longer read by anyone: free their space.
+    let mut connection = pool.acquire().await?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {retired} CASCADE"))
-        .execute(pool)
+        .execute(&mut *connection)
         .await?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {shadow} CASCADE"))
-        .execute(pool)
+        .execute(&mut *connection)
         .await?;
+    connection.finish().await?;
     Ok(progress)
 }
 

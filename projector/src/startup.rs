@@ -7,8 +7,8 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use event_bus::TopicSettings;
 use problem_details::Problem;
+use service_runtime::postgres::{pool_options, DbPool};
 use service_runtime::shutdown::CancellationToken;
-use sqlx::PgPool;
 use std::time::Duration;
 use tracing_actix_web::TracingLogger;
 use traffic_control::{ApiProtection, RouteClass, TraceRootSpan};
@@ -19,6 +19,10 @@ use crate::dead_letters::DeadLetterDesk;
 use crate::metrics::{Group, Metrics};
 use crate::partitions::{self, MaintenanceSettings};
 use crate::redis_sink::RedisSink;
+
+/// How long the projector waits for a pooled connection: it has no
+/// requests waiting on it, so sqlx's default.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -43,7 +47,7 @@ pub struct Application {
     server: Server,
     projector: Projector,
     topics: TopicSettings,
-    pool: PgPool,
+    pool: DbPool,
     partitions: MaintenanceSettings,
     /// When the maintenance task makes its first run: after a full interval
     /// if `build` just made one, at once if that failed.
@@ -51,13 +55,22 @@ pub struct Application {
 }
 
 impl Application {
+    /// Connects to the primary, applies migrations, runs a first partition
+    /// maintenance, creates the consumer and binds the listener
+    /// (`127.0.0.1:0` picks a free port); nothing runs yet.
+    ///
+    /// Behind a transaction pooler (`PRIMARY_TRANSACTION_POOLER`) batches,
+    /// maintenance and the admin API go through the pooler; only migrations
+    /// open a session of their own, directly to the primary
+    /// (docs/adr/0016-pgbouncer-transaction-mode.md).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        // The projector has no requests waiting: sqlx's default 30 s wait.
-        let pool =
-            service_runtime::postgres::pool_options(config.pool_size, Duration::from_secs(30))
-                .connect(&config.database_url)
-                .await?;
-        schema::MIGRATOR.run(&pool).await?;
+        let pool = DbPool::connect(
+            &config.database_url,
+            config.transaction_pooler,
+            pool_options(config.pool_size, ACQUIRE_TIMEOUT),
+        )
+        .await?;
+        migrate(&config, &pool).await?;
         // Partitions for this month and the next ones exist before the first
         // batch, so rows of the present never wait in DEFAULT for the next
         // maintenance run (the task started in `run_until_stopped` retries
@@ -171,12 +184,27 @@ impl Application {
     }
 }
 
-async fn ready(pool: web::Data<PgPool>) -> HttpResponse {
-    match sqlx::query!("SELECT 1 AS one")
-        .fetch_one(pool.get_ref())
-        .await
-    {
-        Ok(_) => HttpResponse::Ok().finish(),
+/// Applies the schema's migrations over the session URL: the migrator
+/// serialises concurrent runs with a session-level advisory lock, which a
+/// transaction pooler would lose between statements. Directly connected,
+/// the main pool serves.
+async fn migrate(config: &Config, pool: &DbPool) -> Result<(), StartupError> {
+    if config.session_database_url == config.database_url {
+        schema::MIGRATOR.run(pool.pool()).await?;
+        return Ok(());
+    }
+    let session = pool_options(1, ACQUIRE_TIMEOUT)
+        .connect(&config.session_database_url)
+        .await?;
+    let migrated = schema::MIGRATOR.run(&session).await;
+    session.close().await;
+    Ok(migrated?)
+}
+
+/// Ready when the primary answers (through the pooler, if there is one).
+async fn ready(pool: web::Data<DbPool>) -> HttpResponse {
+    match pool.answers().await {
+        Ok(()) => HttpResponse::Ok().finish(),
         Err(error) => Problem::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
             .with_detail(format!("primary database: {error}"))
             .with_retry_after(1)

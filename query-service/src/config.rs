@@ -38,10 +38,21 @@ pub struct Config {
     /// Where the HTTP server listens (`QUERY_HTTP_ADDR`). Port 0 picks a free
     /// port; [`crate::startup::Application::port`] tells which.
     pub http_addr: SocketAddr,
-    /// The Postgres primary (`PRIMARY_DATABASE_URL`): the reference the
-    /// replicas' lag is measured against, and the fallback for reads when no
-    /// replica qualifies (if [`Config::primary_fallback`] allows).
+    /// The Postgres primary (`PRIMARY_DATABASE_URL`), or PgBouncer in front
+    /// of it (then set [`Config::primary_transaction_pooler`]): the
+    /// reference the replicas' lag is measured against, and the fallback for
+    /// reads when no replica qualifies (if [`Config::primary_fallback`]
+    /// allows).
     pub primary_database_url: String,
+    /// `PRIMARY_TRANSACTION_POOLER` (false): `PRIMARY_DATABASE_URL` is a
+    /// transaction-mode pooler such as PgBouncer, see
+    /// [`service_runtime::postgres::DbPool`]. Only the primary: the replicas
+    /// are always connected directly, so `REPLICA_DATABASE_URLS` must not
+    /// name a transaction pooler. Unlike command-service, query-service needs
+    /// no session URL beside it: it keeps no session state (no advisory
+    /// locks, `LISTEN` or migrations; its invalidation feed is Redis), only
+    /// reads, each in a transaction of its own behind the pooler.
+    pub primary_transaction_pooler: bool,
     /// The read replicas (`REPLICA_DATABASE_URLS`, comma-separated; may be
     /// empty, then every read goes to the primary if allowed).
     pub replica_database_urls: Vec<String>,
@@ -163,6 +174,7 @@ impl Config {
         Self {
             http_addr: Self::DEFAULT_HTTP_ADDR,
             primary_database_url: primary_database_url.into(),
+            primary_transaction_pooler: false,
             replica_database_urls,
             redis_url: redis_url.into(),
             replica_pool_size: 16,
@@ -201,6 +213,10 @@ impl Config {
         Ok(Self {
             http_addr: optional("QUERY_HTTP_ADDR", d.http_addr)?,
             primary_database_url: required("PRIMARY_DATABASE_URL")?,
+            primary_transaction_pooler: optional(
+                "PRIMARY_TRANSACTION_POOLER",
+                d.primary_transaction_pooler,
+            )?,
             replica_database_urls: url_list(&optional("REPLICA_DATABASE_URLS", String::new())?),
             redis_url: required("REDIS_URL")?,
             replica_pool_size: positive(
@@ -299,6 +315,10 @@ impl fmt::Debug for Config {
                 "primary_database_url",
                 &redact_url(&self.primary_database_url),
             )
+            .field(
+                "primary_transaction_pooler",
+                &self.primary_transaction_pooler,
+            )
             .field("replica_database_urls", &replicas)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("replica_pool_size", &self.replica_pool_size)
@@ -351,6 +371,10 @@ mod tests {
         assert!(!debug.contains("hidden"), "{debug}");
         assert!(!debug.contains(":pw@"), "{debug}");
         assert!(debug.contains("***@db:5432/app"), "{debug}");
+        assert!(
+            debug.contains("primary_transaction_pooler: false"),
+            "{debug}"
+        );
     }
 
     #[test]

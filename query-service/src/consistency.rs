@@ -9,7 +9,7 @@
 
 use actix_web::HttpRequest;
 use schema::consistency::{ConsistencyToken, HEADER};
-use sqlx::PgPool;
+use service_runtime::postgres::DbPool;
 use uuid::Uuid;
 
 use crate::error::QueryError;
@@ -51,11 +51,11 @@ impl Requirement {
         self.aggregate == aggregate && self.id == id
     }
 
-    /// Whether the database behind `pool` satisfies the requirement.
-    pub async fn is_met(&self, pool: &PgPool) -> Result<bool, QueryError> {
+    /// Whether the database behind `db` satisfies the requirement.
+    pub async fn is_met(&self, db: &DbPool) -> Result<bool, QueryError> {
         let version = match self.aggregate {
-            Aggregate::Order => read_model::order_version(pool, self.id).await?,
-            Aggregate::Product => read_model::product_version(pool, self.id).await?,
+            Aggregate::Order => read_model::order_version(db, self.id).await?,
+            Aggregate::Product => read_model::product_version(db, self.id).await?,
         };
         Ok(version.is_some_and(|version| version >= self.version))
     }

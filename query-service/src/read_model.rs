@@ -2,16 +2,19 @@
 //! checked against the schema at compile time by `sqlx::query_as!`.
 //!
 //! The pool behind these functions is a read replica or, as a fallback,
-//! the primary (see `replicas`). The rows are
-//! written by the projector; a row that does not decode is reported as
+//! the primary (see `replicas`), possibly behind PgBouncer in transaction
+//! mode: each function runs its statement on [`DbPool::acquire`] and
+//! finishes it, so the statement is one transaction there and a plain
+//! pooled connection otherwise. The rows are written by the projector; a
+//! row that does not decode is reported as
 //! [`QueryError::CorruptReadModel`] rather than served half-valid.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use schema::money::{Currency, Money};
 use schema::views::{OrderStatus, OrderSummary, OrderSummaryLine};
 use serde::Serialize;
+use service_runtime::postgres::DbPool;
 use sqlx::types::Json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::QueryError;
@@ -53,32 +56,37 @@ pub struct DailySales {
 }
 
 /// The version of an order in the read model (`None` if not projected yet).
-pub async fn order_version(pool: &PgPool, order_id: Uuid) -> Result<Option<i64>, QueryError> {
+pub async fn order_version(db: &DbPool, order_id: Uuid) -> Result<Option<i64>, QueryError> {
+    let mut connection = db.acquire().await?;
     let version = sqlx::query_scalar!(
         "SELECT version FROM order_summary WHERE order_id = $1",
         order_id
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await?;
+    connection.finish().await?;
     Ok(version)
 }
 
 /// The version of a product in the read model (`None` if not projected yet).
-pub async fn product_version(pool: &PgPool, product_id: Uuid) -> Result<Option<i64>, QueryError> {
+pub async fn product_version(db: &DbPool, product_id: Uuid) -> Result<Option<i64>, QueryError> {
+    let mut connection = db.acquire().await?;
     let version = sqlx::query_scalar!(
         "SELECT version FROM product_catalog WHERE product_id = $1",
         product_id
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await?;
+    connection.finish().await?;
     Ok(version)
 }
 
 /// The `order_summary` row of an order, as the same document Redis holds.
 pub async fn order_summary(
-    pool: &PgPool,
+    db: &DbPool,
     order_id: Uuid,
 ) -> Result<Option<OrderSummary>, QueryError> {
+    let mut connection = db.acquire().await?;
     let row = sqlx::query_as!(
         OrderSummaryRow,
         r#"
@@ -90,8 +98,9 @@ pub async fn order_summary(
         "#,
         order_id
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await?;
+    connection.finish().await?;
     row.map(OrderSummary::try_from).transpose()
 }
 
@@ -109,7 +118,7 @@ pub async fn order_summary(
 /// that is later), so the months before the cursor are pruned too; the row
 /// comparison then skips the rows of that instant up to the cursor.
 pub async fn customer_order_history(
-    pool: &PgPool,
+    db: &DbPool,
     customer_id: Uuid,
     range: TimeRange,
     after: Option<HistoryCursor>,
@@ -117,6 +126,7 @@ pub async fn customer_order_history(
 ) -> Result<Vec<OrderHistoryItem>, QueryError> {
     // A cursor before the range excludes no row of it.
     let after = after.filter(|cursor| cursor.occurred_at >= range.from);
+    let mut connection = db.acquire().await?;
     // Two statements rather than one with `$4 IS NULL OR ...`: each shape gets
     // a plan that uses the primary key's range (as in `products_after`).
     let rows = match after {
@@ -140,7 +150,7 @@ pub async fn customer_order_history(
                 after.version,
                 limit
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *connection)
             .await?
         }
         None => {
@@ -160,15 +170,17 @@ pub async fn customer_order_history(
                 range.to,
                 limit
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *connection)
             .await?
         }
     };
+    connection.finish().await?;
     rows.into_iter().map(OrderHistoryItem::try_from).collect()
 }
 
 /// One product of the catalog.
-pub async fn product(pool: &PgPool, product_id: Uuid) -> Result<Option<Product>, QueryError> {
+pub async fn product(db: &DbPool, product_id: Uuid) -> Result<Option<Product>, QueryError> {
+    let mut connection = db.acquire().await?;
     let row = sqlx::query_as!(
         ProductRow,
         r#"
@@ -178,18 +190,20 @@ pub async fn product(pool: &PgPool, product_id: Uuid) -> Result<Option<Product>,
         "#,
         product_id
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await?;
+    connection.finish().await?;
     row.map(Product::try_from).transpose()
 }
 
 /// Up to `limit` products with an id greater than `after` (all products when
 /// `None`), in product_id order: keyset pagination on the primary key.
 pub async fn products_after(
-    pool: &PgPool,
+    db: &DbPool,
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Product>, QueryError> {
+    let mut connection = db.acquire().await?;
     // Two statements rather than `($1 IS NULL OR product_id > $1)`: the OR
     // form hides the index range from the planner of a prepared statement.
     let rows = match after {
@@ -206,7 +220,7 @@ pub async fn products_after(
                 after,
                 limit
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *connection)
             .await?
         }
         None => {
@@ -220,10 +234,11 @@ pub async fn products_after(
                 "#,
                 limit
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *connection)
             .await?
         }
     };
+    connection.finish().await?;
     rows.into_iter().map(Product::try_from).collect()
 }
 
@@ -236,7 +251,7 @@ pub async fn products_after(
 /// leads with product_id, so it is a filter on the primary key's range
 /// either way and the OR form costs the plan nothing.
 pub async fn daily_sales(
-    pool: &PgPool,
+    db: &DbPool,
     range: DateRange,
     product_id: Option<Uuid>,
     after: Option<&DailySalesCursor>,
@@ -244,6 +259,7 @@ pub async fn daily_sales(
 ) -> Result<Vec<DailySales>, QueryError> {
     // A cursor before the range excludes no row of it.
     let after = after.filter(|cursor| cursor.day >= range.from);
+    let mut connection = db.acquire().await?;
     let rows = match after {
         Some(after) => {
             sqlx::query_as!(
@@ -265,7 +281,7 @@ pub async fn daily_sales(
                 after.currency,
                 limit
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *connection)
             .await?
         }
         None => {
@@ -285,10 +301,11 @@ pub async fn daily_sales(
                 product_id,
                 limit
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *connection)
             .await?
         }
     };
+    connection.finish().await?;
     Ok(rows)
 }
 

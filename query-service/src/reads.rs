@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix_web::HttpRequest;
 use serde::Serialize;
-use sqlx::PgPool;
+use service_runtime::postgres::DbPool;
 use uuid::Uuid;
 
 use crate::cache::{Document, DocumentCache, Tier};
@@ -81,7 +81,7 @@ pub async fn document<F, Fut>(
     load: F,
 ) -> Result<Option<Served<Document>>, QueryError>
 where
-    F: Fn(PgPool) -> Fut,
+    F: Fn(DbPool) -> Fut,
     Fut: Future<Output = Result<Option<Document>, QueryError>>,
 {
     let key = read.key.as_str();
@@ -91,13 +91,13 @@ where
         Some(requirement) => {
             let generation = cache.generation();
             let served = router
-                .read_consistent(|pool| {
+                .read_consistent(|db| {
                     let load = &load;
                     async move {
-                        if !requirement.is_met(&pool).await? {
+                        if !requirement.is_met(&db).await? {
                             return Ok(None);
                         }
-                        load(pool).await.map(Some)
+                        load(db).await.map(Some)
                     }
                 })
                 .await?;
@@ -118,10 +118,10 @@ where
         }
         let generation = cache.generation();
         let served = router
-            .read_consistent(|pool| {
+            .read_consistent(|db| {
                 let load = &load;
                 async move {
-                    let document = load(pool).await?;
+                    let document = load(db).await?;
                     Ok(document.filter(|d| d.version >= min_version).map(Some))
                 }
             })
@@ -156,20 +156,20 @@ pub async fn uncached<T, F, Fut>(
     read: F,
 ) -> Result<Served<T>, QueryError>
 where
-    F: Fn(PgPool) -> Fut,
+    F: Fn(DbPool) -> Fut,
     Fut: Future<Output = Result<T, QueryError>>,
 {
     match requirement {
         None => router.read(read).await,
         Some(requirement) => {
             router
-                .read_consistent(|pool| {
+                .read_consistent(|db| {
                     let read = &read;
                     async move {
-                        if !requirement.is_met(&pool).await? {
+                        if !requirement.is_met(&db).await? {
                             return Ok(None);
                         }
-                        read(pool).await.map(Some)
+                        read(db).await.map(Some)
                     }
                 })
                 .await

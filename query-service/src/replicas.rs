@@ -45,6 +45,12 @@
 //! struggles must not also be handed every fallback and consistent read,
 //! each waiting out its attempt budget. With its breaker open, fallback
 //! reads get a fast 503 (`Retry-After`) instead of piling onto it.
+//!
+//! The primary may sit behind PgBouncer in transaction mode
+//! ([`Config::primary_transaction_pooler`]; replicas never do). Each
+//! database is a [`DbPool`], and every statement, reads and checks alike,
+//! runs on [`DbPool::acquire`]: a transaction of its own behind the pooler,
+//! a plain pooled connection (no extra round trip) directly.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -54,6 +60,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use service_runtime::breaker::{Breaker, BreakerMetrics};
+use service_runtime::postgres::{pool_options, DbPool, Limits};
 use service_runtime::shutdown::CancellationToken;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
@@ -94,10 +101,10 @@ pub struct Database {
     name: Arc<str>,
     role: Role,
     /// Pool for reads.
-    pool: PgPool,
+    pool: DbPool,
     /// One connection for the monitor, so that a pool full of stuck reads
     /// cannot keep the monitor from noticing.
-    probe: PgPool,
+    probe: DbPool,
     health: Mutex<Health>,
     /// `db-<name>`: fed by read attempts, see the module documentation.
     breaker: Breaker,
@@ -112,18 +119,23 @@ impl Database {
         config: &Config,
         breakers: &BreakerMetrics,
     ) -> Result<Self, sqlx::Error> {
-        let statement_timeout_ms = config.read_statement_timeout.as_millis();
-        let options = PgConnectOptions::from_str(url)?
-            .application_name("query-service")
-            .options([
-                ("statement_timeout", format!("{statement_timeout_ms}ms")),
-                // A replica refuses writes anyway; this makes the primary
-                // (fallback) and a development set-up refuse them too.
-                ("default_transaction_read_only", "on".to_owned()),
-            ]);
+        let connect = PgConnectOptions::from_str(url)?.application_name("query-service");
+        // Replicas are always connected directly (see
+        // `Config::primary_transaction_pooler`).
+        let transaction_pooler = role == Role::Primary && config.primary_transaction_pooler;
+        let limits = Limits {
+            statement_timeout: Some(config.read_statement_timeout),
+            // A replica refuses writes anyway; this makes the primary
+            // (fallback) and a development set-up refuse them too.
+            read_only: true,
+        };
         let pool = |size| {
-            service_runtime::postgres::pool_options(size, config.read_attempt_timeout)
-                .connect_lazy_with(options.clone())
+            DbPool::connect_lazy(
+                connect.clone(),
+                transaction_pooler,
+                limits,
+                pool_options(size, config.read_attempt_timeout),
+            )
         };
         Ok(Self {
             breaker: Breaker::new(&format!("db-{name}"), config.db_breaker, breakers),
@@ -135,13 +147,13 @@ impl Database {
         })
     }
 
-    /// `replica-1`, `replica-2`, ... or `primary`: the `x-read-source`
-    /// header and the metric label.
     /// The pool reads use, for its connection counts in `/metrics`.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.pool.pool()
     }
 
+    /// `replica-1`, `replica-2`, ... or `primary`: the `x-read-source`
+    /// header and the metric label.
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }
@@ -263,10 +275,11 @@ impl ReadRouter {
     /// permitted by its breaker (round robin), moving on to the next one
     /// when an attempt fails with a retryable error or outlives its budget,
     /// then on the primary if allowed. 503 ([`QueryError::NoDatabase`]) if
-    /// none qualifies.
+    /// none qualifies. `read` gets the database's [`DbPool`] and runs its
+    /// statements on [`DbPool::acquire`] (see [`crate::read_model`]).
     pub async fn read<T, F, Fut>(&self, read: F) -> Result<Served<T>, QueryError>
     where
-        F: Fn(PgPool) -> Fut,
+        F: Fn(DbPool) -> Fut,
         Fut: Future<Output = Result<T, QueryError>>,
     {
         let deadline = Instant::now() + self.deadline;
@@ -302,7 +315,7 @@ impl ReadRouter {
     /// [`QueryError::NotYetConsistent`]: never a silently stale one.
     pub async fn read_consistent<T, F, Fut>(&self, read: F) -> Result<Served<T>, QueryError>
     where
-        F: Fn(PgPool) -> Fut,
+        F: Fn(DbPool) -> Fut,
         Fut: Future<Output = Result<Option<T>, QueryError>>,
     {
         let started = Instant::now();
@@ -365,7 +378,7 @@ impl ReadRouter {
         read: &F,
     ) -> Option<Result<T, QueryError>>
     where
-        F: Fn(PgPool) -> Fut,
+        F: Fn(DbPool) -> Fut,
         Fut: Future<Output = Result<T, QueryError>>,
     {
         let Some(permit) = database.breaker.try_acquire() else {
@@ -525,7 +538,8 @@ struct Position {
     projected: i64,
 }
 
-async fn probe(pool: &PgPool) -> Result<Position, sqlx::Error> {
+async fn probe(db: &DbPool) -> Result<Position, sqlx::Error> {
+    let mut connection = db.acquire().await?;
     let row = sqlx::query!(
         r#"
         SELECT
@@ -536,8 +550,9 @@ async fn probe(pool: &PgPool) -> Result<Position, sqlx::Error> {
             (SELECT coalesce(sum(next_offset), 0) FROM projector_offsets)::bigint AS "projected!"
         "#
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *connection)
     .await?;
+    connection.finish().await?;
     Ok(Position {
         lsn: row.lsn,
         projected: row.projected,
@@ -640,8 +655,8 @@ mod tests {
         router
     }
 
-    fn port(pool: &PgPool) -> u16 {
-        pool.connect_options().get_port()
+    fn port(db: &DbPool) -> u16 {
+        db.pool().connect_options().get_port()
     }
 
     fn unavailable() -> QueryError {
@@ -662,8 +677,8 @@ mod tests {
         let router = router(2, PrimaryFallback::Deny, Duration::from_secs(1));
         let replica_1_down = AtomicBool::new(true);
         let attempts_on_replica_1 = AtomicUsize::new(0);
-        let read = |pool: PgPool| {
-            let port = port(&pool);
+        let read = |db: DbPool| {
+            let port = port(&db);
             if port == 2 {
                 attempts_on_replica_1.fetch_add(1, Ordering::SeqCst);
             }
@@ -703,8 +718,8 @@ mod tests {
     #[tokio::test]
     async fn a_failed_probe_keeps_the_database_out() {
         let router = router(1, PrimaryFallback::Allow, Duration::from_secs(1));
-        let read = |pool: PgPool| {
-            let port = port(&pool);
+        let read = |db: DbPool| {
+            let port = port(&db);
             async move {
                 if port == 2 {
                     Err(unavailable())
@@ -727,7 +742,7 @@ mod tests {
     async fn an_open_primary_breaker_sheds_fallback_reads() {
         let router = router(0, PrimaryFallback::Allow, Duration::from_secs(1));
         let attempts = AtomicUsize::new(0);
-        let failing = |_pool: PgPool| {
+        let failing = |_db: DbPool| {
             attempts.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>(unavailable()) }
         };
@@ -743,7 +758,7 @@ mod tests {
 
         tokio::time::sleep(OPEN + Duration::from_millis(10)).await;
         assert!(router.can_serve(), "a probe is due");
-        let ok = |_pool: PgPool| async { Ok(()) };
+        let ok = |_db: DbPool| async { Ok(()) };
         router.read(&ok).await.expect("the probe");
         assert_eq!(state(&router, "primary"), BreakerState::Closed);
     }
@@ -753,7 +768,7 @@ mod tests {
         // Deadline shorter than the attempt budget: the timeout is the
         // read's, not the database's.
         let short = router(1, PrimaryFallback::Deny, Duration::from_millis(30));
-        let hanging = |_pool: PgPool| async {
+        let hanging = |_db: DbPool| async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok(())
         };
@@ -764,7 +779,7 @@ mod tests {
         assert_eq!(state(&short, "replica-1"), BreakerState::Closed);
 
         // A non-retryable error is the database answering.
-        let not_found = |_pool: PgPool| async {
+        let not_found = |_db: DbPool| async {
             Err::<(), _>(QueryError::NotFound {
                 resource: "product",
                 id: "x".to_owned(),
@@ -782,13 +797,13 @@ mod tests {
     #[tokio::test]
     async fn consistent_reads_skip_open_breakers_and_ask_the_primary() {
         let router = router(1, PrimaryFallback::Allow, Duration::from_secs(1));
-        let failing = |_pool: PgPool| async { Err::<Option<u16>, _>(unavailable()) };
+        let failing = |_db: DbPool| async { Err::<Option<u16>, _>(unavailable()) };
         // Opens replica-1's breaker (and the primary's).
         let _ = router.read_consistent(&failing).await;
         router.primary.breaker().reset();
         assert_eq!(state(&router, "replica-1"), BreakerState::Open);
-        let fresh = |pool: PgPool| {
-            let port = port(&pool);
+        let fresh = |db: DbPool| {
+            let port = port(&db);
             async move { Ok(Some(port)) }
         };
         // No replica qualifies, so the primary is asked at once rather than
@@ -797,6 +812,42 @@ mod tests {
         let served = router.read_consistent(&fresh).await.expect("primary");
         assert_eq!(served.value, 1);
         assert!(started.elapsed() < router.consistent_replica_wait);
+    }
+
+    #[tokio::test]
+    async fn only_the_primary_goes_through_the_transaction_pooler() {
+        let config = Config {
+            primary_transaction_pooler: true,
+            read_statement_timeout: Duration::from_millis(1500),
+            ..Config::new(
+                "postgres://app:app@127.0.0.1:1/app",
+                vec!["postgres://app:app@127.0.0.1:2/app".to_owned()],
+                "redis://127.0.0.1:1/",
+                crate::config::test_auth(),
+            )
+        };
+        let router = ReadRouter::new(&config).expect("valid urls");
+        let startup_options =
+            |db: &DbPool| db.pool().connect_options().get_options().map(str::to_owned);
+        // Directly, the limits are startup parameters; PgBouncer would drop
+        // them, so behind it they open each transaction instead.
+        for db in [&router.replicas[0].pool, &router.replicas[0].probe] {
+            let options = startup_options(db).expect("limits as startup parameters");
+            assert!(options.contains("statement_timeout=1500ms"), "{options}");
+            assert!(
+                options.contains("default_transaction_read_only=on"),
+                "{options}"
+            );
+        }
+        for db in [&router.primary.pool, &router.primary.probe] {
+            assert_eq!(startup_options(db), None);
+        }
+        for database in router.databases() {
+            assert_eq!(
+                database.pool().connect_options().get_application_name(),
+                Some("query-service")
+            );
+        }
     }
 
     #[test]

@@ -60,6 +60,40 @@ where
     })
 }
 
+/// `PRIMARY_SESSION_DATABASE_URL`: the primary itself, for what needs a
+/// session (the migrator's advisory lock, command-service's relay lease),
+/// which a transaction pooler does not keep. Defaults to `database_url`
+/// (`PRIMARY_DATABASE_URL`) where no pooler is in between; required, and
+/// different, when `transaction_pooler` (`PRIMARY_TRANSACTION_POOLER`) is set.
+pub fn session_database_url(
+    database_url: &str,
+    transaction_pooler: bool,
+) -> Result<String, ConfigError> {
+    session_url_rule(
+        database_url,
+        transaction_pooler,
+        std::env::var("PRIMARY_SESSION_DATABASE_URL").ok(),
+    )
+}
+
+fn session_url_rule(
+    database_url: &str,
+    transaction_pooler: bool,
+    session: Option<String>,
+) -> Result<String, ConfigError> {
+    let session = session.unwrap_or_else(|| database_url.to_owned());
+    if transaction_pooler && session == database_url {
+        return Err(ConfigError::Unusable {
+            name: "PRIMARY_SESSION_DATABASE_URL",
+            reason: "must name the primary itself when PRIMARY_TRANSACTION_POOLER=true: \
+                     migrations (and command-service's relay) need a session, \
+                     which a transaction pooler does not keep"
+                .to_owned(),
+        });
+    }
+    Ok(session)
+}
+
 /// `url` with its credentials replaced by `***`, for `Debug` output and logs:
 /// `scheme://user:secret@host/db` → `scheme://***@host/db`.
 ///
@@ -84,7 +118,41 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
+
+    const POOLER: &str = "postgres://app:pw@pgbouncer:6432/app";
+    const PRIMARY: &str = "postgres://app:pw@primary:5432/app";
+
+    #[test]
+    fn without_a_pooler_the_session_url_defaults_to_the_primary_url() {
+        assert_eq!(
+            session_url_rule(PRIMARY, false, None).expect("no pooler, no session URL needed"),
+            PRIMARY
+        );
+        assert_eq!(
+            session_url_rule(POOLER, true, Some(PRIMARY.to_owned()))
+                .expect("a session URL to the primary"),
+            PRIMARY
+        );
+    }
+
+    #[test]
+    fn behind_a_pooler_the_session_url_must_name_another_server() {
+        for session in [None, Some(POOLER.to_owned())] {
+            let error = session_url_rule(POOLER, true, session)
+                .expect_err("a pooler without a session URL of its own");
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Unusable {
+                        name: "PRIMARY_SESSION_DATABASE_URL",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn redact_url_hides_user_and_password() {

@@ -490,7 +490,9 @@ fn run_services(
                 Some(
                     projector::startup::Application::build(projector::config::Config {
                         http_addr: "127.0.0.1:0".to_owned(),
-                        database_url: primary_url,
+                        database_url: primary_url.clone(),
+                        transaction_pooler: false,
+                        session_database_url: primary_url,
                         pool_size: 4,
                         redis_url,
                         topics,

@@ -13,7 +13,7 @@ use command_service::group_commit::{Append, AppendError, GroupCommit, GroupCommi
 use cqrs_es::persist::SerializedEvent;
 use e2e_tests::{eventually, stack_without_relay};
 use serde_json::json;
-use service_runtime::postgres::Primary;
+use service_runtime::postgres::DbPool;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -113,7 +113,7 @@ async fn a_queued_batch_commits_together_and_a_conflict_fails_only_its_command()
         .await
         .unwrap();
     let appends = GroupCommit::start(
-        Primary::direct(pool.clone()),
+        DbPool::direct(pool.clone()),
         GroupCommitSettings {
             max_batch: 64,
             workers: 1,

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
 use e2e_tests::{eventually, stack};
-use projector::partitions::{maintain_once, AdoptedRows, MaintenanceSettings, Month};
+use projector::partitions::{
+    maintain_once, AdoptedRows, MaintenanceError, MaintenanceReport, MaintenanceSettings, Month,
+};
+use service_runtime::postgres::DbPool;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use tokio::sync::{Mutex, MutexGuard};
@@ -63,6 +66,15 @@ async fn primary() -> PgPool {
         .connect(&stack().primary_url)
         .await
         .unwrap()
+}
+
+/// [`maintain_once`] over the direct pool the tests read with.
+async fn maintain(
+    pool: &PgPool,
+    settings: &MaintenanceSettings,
+    today: NaiveDate,
+) -> Result<MaintenanceReport, MaintenanceError> {
+    maintain_once(&DbPool::direct(pool.clone()), settings, today).await
 }
 
 fn day(y: i32, m: u32, d: u32) -> NaiveDate {
@@ -172,7 +184,7 @@ async fn rows_of_any_month_are_accepted_and_maintenance_moves_them_into_their_pa
     let customer = Uuid::new_v4();
 
     // Partitions for January to March 2012, as a run in mid-January would make.
-    let report = maintain_once(&pool, &settings(2, 0), day(2012, 1, 15))
+    let report = maintain(&pool, &settings(2, 0), day(2012, 1, 15))
         .await
         .unwrap();
     let q1 = months(month(2012, 1), month(2012, 3));
@@ -240,7 +252,7 @@ async fn rows_of_any_month_are_accepted_and_maintenance_moves_them_into_their_pa
 
     // Maintenance gives every straggler month its partition and moves the
     // rows in; the months that already had one are left alone.
-    let report = maintain_once(&pool, &settings(2, 0), day(2012, 1, 15))
+    let report = maintain(&pool, &settings(2, 0), day(2012, 1, 15))
         .await
         .unwrap();
     for (m, rows) in [
@@ -294,7 +306,7 @@ async fn rows_of_any_month_are_accepted_and_maintenance_moves_them_into_their_pa
 
     // Idempotent: a second run finds nothing to do for these months but the
     // new straggler.
-    let report = maintain_once(&pool, &settings(2, 0), day(2012, 1, 15))
+    let report = maintain(&pool, &settings(2, 0), day(2012, 1, 15))
         .await
         .unwrap();
     assert!(
@@ -321,7 +333,7 @@ async fn retention_detaches_and_drops_only_what_is_older_than_its_cutoff() {
 
     // A year of partitions, October 2030 to September 2031, one row in each.
     let year = months(month(2030, 10), month(2031, 9));
-    maintain_once(&pool, &settings(11, 0), day(2030, 10, 15))
+    maintain(&pool, &settings(11, 0), day(2030, 10, 15))
         .await
         .unwrap();
     let names = attached(&pool).await;
@@ -331,7 +343,7 @@ async fn retention_detaches_and_drops_only_what_is_older_than_its_cutoff() {
     insert(&pool, customer, &instants).await;
 
     // Retention 0 keeps everything, however old.
-    let report = maintain_once(&pool, &settings(3, 0), day(2031, 6, 15))
+    let report = maintain(&pool, &settings(3, 0), day(2031, 6, 15))
         .await
         .unwrap();
     assert!(report.detached.is_empty(), "{report:?}");
@@ -375,7 +387,7 @@ async fn retention_detaches_and_drops_only_what_is_older_than_its_cutoff() {
     }
     tx.commit().await.unwrap();
 
-    let report = maintain_once(&pool, &settings(3, 3), day(2031, 6, 15))
+    let report = maintain(&pool, &settings(3, 3), day(2031, 6, 15))
         .await
         .unwrap();
     let expired = months(month(2030, 10), month(2031, 2));
@@ -424,11 +436,11 @@ async fn retention_detaches_and_drops_only_what_is_older_than_its_cutoff() {
 
     // Nothing is left to do, and however long the retention, the current
     // month and later stay.
-    let report = maintain_once(&pool, &settings(3, 3), day(2031, 6, 15))
+    let report = maintain(&pool, &settings(3, 3), day(2031, 6, 15))
         .await
         .unwrap();
     assert!(report.is_empty(), "{report:?}");
-    let report = maintain_once(&pool, &settings(0, 1), day(2031, 6, 30))
+    let report = maintain(&pool, &settings(0, 1), day(2031, 6, 30))
         .await
         .unwrap();
     let names = attached(&pool).await;
@@ -464,7 +476,7 @@ async fn the_history_query_prunes_to_the_requested_months() {
     let primary = primary().await;
     // January to March 2014 get partitions; April 2014 has none, so its
     // rows would be in DEFAULT.
-    maintain_once(&primary, &settings(2, 0), day(2014, 1, 15))
+    maintain(&primary, &settings(2, 0), day(2014, 1, 15))
         .await
         .unwrap();
     let replica = PgPoolOptions::new()
@@ -569,10 +581,9 @@ async fn concurrent_runs_create_each_partition_once_and_all_succeed() {
 
     // As four projector instances starting at once would.
     let settings = settings(3, 0);
-    let runs = futures::future::join_all(
-        (0..4).map(|_| maintain_once(&pool, &settings, day(2016, 1, 15))),
-    )
-    .await;
+    let runs =
+        futures::future::join_all((0..4).map(|_| maintain(&pool, &settings, day(2016, 1, 15))))
+            .await;
     let mut created = Vec::new();
     let mut adopted = 0;
     for run in runs {

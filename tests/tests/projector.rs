@@ -516,3 +516,84 @@ async fn lag_per_partition_grows_while_the_projector_is_stuck_and_clears_after()
     })
     .await;
 }
+
+/// The `(topic, partition)` labels of the `projector_lag_events` gauges on a
+/// `/metrics` page.
+fn lag_partitions(metrics: &str) -> std::collections::BTreeSet<(String, i32)> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("projector_lag_events{"))
+        .filter_map(|line| {
+            let labels = &line[..line.find('}')?];
+            let label = |name: &str| {
+                let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+                let end = start + labels[start..].find('"')?;
+                Some(labels[start..end].to_owned())
+            };
+            Some((label("topic")?, label("partition")?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The partitions of `topic` whose lag `projector` reports.
+async fn reported(
+    projector: &e2e_tests::ProjectorProcess,
+    topic: &str,
+) -> Option<std::collections::BTreeSet<i32>> {
+    Some(
+        lag_partitions(&projector.metrics().await?)
+            .into_iter()
+            .filter(|(reported, _)| reported == topic)
+            .map(|(_, partition)| partition)
+            .collect(),
+    )
+}
+
+/// A partition that moves to another member of the group leaves the old
+/// owner's lag gauges: otherwise the old owner reports the lag it last saw
+/// there, frozen, and a sum over instances (a dashboard, an autoscaler)
+/// counts the partition twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_moves_away_leaves_the_old_owners_lag_gauges() {
+    let client = e2e_tests::client();
+    let group = format!("lag-owner-{}", Uuid::new_v4().simple());
+    let env = [("PROJECTOR_GROUP_ID", group.as_str())];
+    let product_topic = schema::envelope::topic_for(&stack().topic_prefix, "Product");
+    let partitions = e2e_tests::command_service_config(stack()).topics.partitions as usize;
+    // Fresh products on every product partition (random keys), so that each
+    // owner applies something there and reports it.
+    let traffic = |round: &'static str| {
+        let client = client.clone();
+        async move {
+            for i in 0..40 {
+                e2e_tests::create_product(&client, &stack().command_url, &format!("{round} {i}"))
+                    .await;
+            }
+        }
+    };
+    let first = e2e_tests::ProjectorProcess::spawn_with("lag-first", &env);
+    traffic("alone").await;
+    eventually(
+        "the only member reports every product partition",
+        Duration::from_secs(60),
+        || async { (reported(&first, &product_topic).await?.len() == partitions).then_some(()) },
+    )
+    .await;
+
+    let second = e2e_tests::ProjectorProcess::spawn_with("lag-second", &env);
+    eventually(
+        "both members hold product partitions, each reported once",
+        Duration::from_secs(90),
+        || async {
+            traffic("shared").await;
+            let (a, b) = (
+                reported(&first, &product_topic).await?,
+                reported(&second, &product_topic).await?,
+            );
+            let disjoint = a.is_disjoint(&b);
+            let complete = a.len() + b.len() == partitions;
+            (disjoint && complete && !a.is_empty() && !b.is_empty()).then_some(())
+        },
+    )
+    .await;
+}

@@ -124,8 +124,8 @@ pub async fn list_orders(
     let after = HistoryCursor::from_param(query.after.as_deref())?;
     let requirement = Requirement::from_request(&request)?;
     // One row more than asked tells whether another page exists.
-    let served = reads::uncached(&router, requirement, |pool| async move {
-        read_model::customer_order_history(&pool, customer_id, range, after, limit + 1).await
+    let served = reads::uncached(&router, requirement, |db| async move {
+        read_model::customer_order_history(&db, customer_id, range, after, limit + 1).await
     })
     .await?;
     metrics.read("customer_orders", &served.from);

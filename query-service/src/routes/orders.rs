@@ -57,8 +57,8 @@ pub async fn get_order(
         resource: "order",
         id: order_id.to_string(),
     };
-    let served = reads::document(&caches.orders, &router, read, |pool| async move {
-        reads::as_document(read_model::order_summary(&pool, order_id).await?, |s| {
+    let served = reads::document(&caches.orders, &router, read, |db| async move {
+        reads::as_document(read_model::order_summary(&db, order_id).await?, |s| {
             s.version
         })
     })

@@ -58,8 +58,8 @@ pub async fn get_product(
         Aggregate::Product,
         product_id,
     )?;
-    let served = reads::document(&caches.products, &router, read, |pool| async move {
-        reads::as_document(read_model::product(&pool, product_id).await?, |p| p.version)
+    let served = reads::document(&caches.products, &router, read, |db| async move {
+        reads::as_document(read_model::product(&db, product_id).await?, |p| p.version)
     })
     .await?
     .ok_or_else(|| QueryError::NotFound {
@@ -129,8 +129,8 @@ pub async fn list_products(
     let requirement = Requirement::from_request(&request)?;
     // One row more than asked tells whether another page exists, so the last
     // page says `null` instead of sending the client to an empty page.
-    let served = reads::uncached(&router, requirement, |pool| async move {
-        read_model::products_after(&pool, after, limit + 1).await
+    let served = reads::uncached(&router, requirement, |db| async move {
+        read_model::products_after(&db, after, limit + 1).await
     })
     .await?;
     metrics.read("products", &served.from);

@@ -111,8 +111,8 @@ pub async fn daily_sales(
     let after = after.as_ref();
     let requirement = Requirement::from_request(&request)?;
     // One row more than asked tells whether another page exists.
-    let served = reads::uncached(&router, requirement, |pool| async move {
-        read_model::daily_sales(&pool, range, product_id, after, limit + 1).await
+    let served = reads::uncached(&router, requirement, |db| async move {
+        read_model::daily_sales(&db, range, product_id, after, limit + 1).await
     })
     .await?;
     metrics.read("daily_sales", &served.from);
