@@ -247,6 +247,11 @@ const MIX_AT_A_RATE: [&str; 2] = ["--rate", "60"];
 /// Runs `doctor --json` against the stack (query-service at `query_url`);
 /// returns its findings.
 async fn doctor(query_url: &str) -> Vec<Value> {
+    doctor_with_notes(query_url).await.0
+}
+
+/// [`doctor`], with the report's notes.
+async fn doctor_with_notes(query_url: &str) -> (Vec<Value>, Vec<String>) {
     let stack = stack();
     let projector_url = {
         let projector = PROJECTOR.lock().unwrap();
@@ -284,7 +289,20 @@ async fn doctor(query_url: &str) -> Vec<Value> {
             f["rank"], f["kind"], f["severity"], f["subject"], f["score"], f["why"]
         );
     }
-    findings
+    // What the findings were drawn from, so a failed scenario explains itself.
+    let observations = &report["observations"];
+    eprintln!("doctor notes: {}", observations["notes"]);
+    eprintln!(
+        "doctor consumer samples: {}",
+        observations["consumer"]["samples"]
+    );
+    let notes = observations["notes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    (findings, notes)
 }
 
 /// Asserts the first finding is of `kind` about a subject containing
@@ -393,6 +411,36 @@ async fn a_stopped_projector_is_named_first() {
             .unwrap_or_default()
             .contains("more projector instances"),
         "{first}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_projector_is_named_first_when_its_offsets_are_unreadable_for_a_while() {
+    let _serial = SERIAL.lock().await;
+    let primary = healthy().await;
+    let _load = Load::start(&stack().query_url, &MIX_AT_A_RATE).await;
+    PROJECTOR.lock().unwrap().as_ref().unwrap().signal("STOP");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The projector's record of its offsets cannot be read during the first
+    // half of the window: those rounds must not be judged by Kafka's hint.
+    let mut lock = primary.begin().await.unwrap();
+    sqlx::query("LOCK TABLE projector_offsets IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        lock.rollback().await.unwrap();
+    });
+    let (findings, notes) = doctor_with_notes(&stack().query_url).await;
+    release.await.unwrap();
+    PROJECTOR.lock().unwrap().as_ref().unwrap().signal("CONT");
+    assert_first(&findings, "projector_stalled", "projector");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("projector_offsets") && n.contains("calls failed")),
+        "the unreadable rounds are a note: {notes:?}"
     );
 }
 

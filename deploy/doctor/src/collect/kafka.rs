@@ -116,19 +116,13 @@ impl GroupProbe {
         .await
     }
 
-    /// Watermarks and committed offsets of `partitions`, now.
-    pub async fn positions(&self, partitions: Vec<(String, i32)>) -> Result<Positions, KafkaError> {
+    /// Watermarks of `partitions`, now, with no group offsets yet (see
+    /// [`GroupProbe::committed`]).
+    pub async fn watermarks(
+        &self,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Positions, KafkaError> {
         self.blocking(move |consumer, _, timeout| {
-            let mut list = TopicPartitionList::new();
-            for (topic, partition) in &partitions {
-                list.add_partition(topic, *partition);
-            }
-            let committed = consumer
-                .committed_offsets(list, timeout)
-                .map_err(|source| KafkaError::Call {
-                    what: "committed offsets".to_owned(),
-                    source,
-                })?;
             let mut positions = Positions::default();
             for (topic, partition) in partitions {
                 let (low, high) = consumer
@@ -137,16 +131,39 @@ impl GroupProbe {
                         what: format!("watermarks of {topic}/{partition}"),
                         source,
                     })?;
-                let offset =
+                positions
+                    .partitions
+                    .insert((topic, partition), (high, None, low));
+            }
+            Ok(positions)
+        })
+        .await
+    }
+
+    /// The group's committed offsets, filled into `positions`. A separate
+    /// call from [`GroupProbe::watermarks`] because it needs the group
+    /// coordinator, and these offsets are only a hint: a sample stands
+    /// without them when the projector's own record was read.
+    pub async fn committed(&self, mut positions: Positions) -> Result<Positions, KafkaError> {
+        self.blocking(move |consumer, _, timeout| {
+            let mut list = TopicPartitionList::new();
+            for (topic, partition) in positions.partitions.keys() {
+                list.add_partition(topic, *partition);
+            }
+            let committed = consumer
+                .committed_offsets(list, timeout)
+                .map_err(|source| KafkaError::Call {
+                    what: "committed offsets".to_owned(),
+                    source,
+                })?;
+            for ((topic, partition), (_, offset, _)) in &mut positions.partitions {
+                *offset =
                     committed
-                        .find_partition(&topic, partition)
+                        .find_partition(topic, *partition)
                         .and_then(|e| match e.offset() {
                             Offset::Offset(n) => Some(n),
                             _ => None,
                         });
-                positions
-                    .partitions
-                    .insert((topic, partition), (high, offset, low));
             }
             Ok(positions)
         })
@@ -157,7 +174,10 @@ impl GroupProbe {
 /// Sums over partitions: (the group's position, the ends). Per partition the
 /// position is the furthest of the stored offset (`projector_offsets`),
 /// Kafka's committed offset and the partition's start (nothing before it can
-/// be applied any more), capped at the end.
+/// be applied any more). The end is at least the position: a watermark read
+/// below an offset already applied is stale, and capping the position at it
+/// instead would make a stopped projector look as if it moved when the next
+/// read is current.
 pub fn totals(positions: &Positions, stored: &HashMap<(String, i32), i64>) -> (i64, i64) {
     let mut committed = 0;
     let mut end = 0;
@@ -166,10 +186,9 @@ pub fn totals(positions: &Positions, stored: &HashMap<(String, i32), i64>) -> (i
             .into_iter()
             .flatten()
             .max()
-            .unwrap_or(0)
-            .min(*high);
+            .unwrap_or(0);
         committed += position;
-        end += high;
+        end += (*high).max(position);
     }
     (committed, end)
 }
@@ -179,7 +198,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_position_is_the_furthest_known_offset_within_the_partition() {
+    fn the_position_is_the_furthest_known_offset_and_the_end_never_below_it() {
         let mut positions = Positions::default();
         positions
             .partitions
@@ -191,6 +210,7 @@ mod tests {
             .partitions
             .insert(("t".to_owned(), 2), (30, Some(30), 0));
         let stored = HashMap::from([(("t".to_owned(), 0), 60), (("t".to_owned(), 2), 35)]);
-        assert_eq!(totals(&positions, &stored), (60 + 10 + 30, 180));
+        // Partition 2's watermark (30) is stale: 35 were applied.
+        assert_eq!(totals(&positions, &stored), (60 + 10 + 35, 100 + 50 + 35));
     }
 }

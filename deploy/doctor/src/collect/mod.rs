@@ -318,24 +318,21 @@ pub async fn collect(targets: &Targets, sampling: &Sampling) -> Observations {
             return ledger;
         };
         let brokers = targets.brokers.clone().unwrap_or_default();
-        // The projector's own record of its offsets, on a connection of its
-        // own (the database loop's may be busy or gone).
-        let mut offsets = match &targets.primary_url {
-            Some(url) => Server::connect(url, timeout).await.ok(),
-            None => None,
+        let mut watch = GroupWatch {
+            probe,
+            partitions,
+            group: &targets.group,
+            brokers: &brokers,
+            primary: targets
+                .primary_url
+                .as_deref()
+                .map(|url| (url, postgres::address(url))),
+            record: None,
+            timeout,
         };
         loop {
             let round_started = Instant::now();
-            let positions = probe.positions(partitions.clone()).await;
-            let stored = match offsets.as_mut() {
-                Some(server) => server
-                    .projector_offsets(&targets.group)
-                    .await
-                    .unwrap_or_default(),
-                None => HashMap::new(),
-            };
-            if let Some(positions) = ledger.record("kafka", &brokers, positions) {
-                let (committed, end) = kafka::totals(&positions, &stored);
+            if let Some((committed, end)) = watch.sample(&mut ledger).await {
                 consumer.samples.push(ConsumerSample {
                     at_secs: started.elapsed().as_secs_f64(),
                     committed,
@@ -347,9 +344,7 @@ pub async fn collect(targets: &Targets, sampling: &Sampling) -> Observations {
                 None => break,
             }
         }
-        if let Some(server) = offsets {
-            server.close().await;
-        }
+        watch.close().await;
         ledger
     };
     let (service_ledgers, (database_ledger, rounds), kafka_ledger) =
@@ -413,6 +408,14 @@ pub async fn collect(targets: &Targets, sampling: &Sampling) -> Observations {
         .iter()
         .map(|s| services::summarize(s.name, &s.url, &s.scrapes))
         .collect();
+    if let Some(c) = consumer.as_ref().filter(|c| c.samples.len() < 2) {
+        observations.notes.push(format!(
+            "kafka group {}: {} usable sample(s) of its position in the window; \
+             its lag is not judged",
+            c.group,
+            c.samples.len()
+        ));
+    }
     observations.consumer = consumer;
     for database in databases {
         if let Some(server) = database.server {
@@ -544,6 +547,73 @@ fn parse_redis_stats(info: &str) -> RedisObservation {
         hits: field("keyspace_hits"),
         misses: field("keyspace_misses"),
         evicted: field("evicted_keys"),
+    }
+}
+
+/// The group's position, sampled every round. Every sample comes from the
+/// same sources: with a primary given, a round whose read of
+/// `projector_offsets` fails is skipped rather than judged by Kafka's hint
+/// alone, which trails that record by the projector's last asynchronous
+/// commit and would show a stopped projector as moving.
+struct GroupWatch<'a> {
+    probe: &'a GroupProbe,
+    partitions: &'a [(String, i32)],
+    group: &'a str,
+    brokers: &'a str,
+    /// The primary's URL and address, if given.
+    primary: Option<(&'a str, String)>,
+    /// The connection that reads `projector_offsets`; one that failed is
+    /// dropped and opened again next round.
+    record: Option<Server>,
+    timeout: Duration,
+}
+
+impl GroupWatch<'_> {
+    const RECORD: &'static str = "postgres primary projector_offsets";
+    const HINT: &'static str = "kafka group offsets";
+
+    /// `(applied, end)` summed over the partitions, or none this round.
+    async fn sample(&mut self, ledger: &mut Ledger) -> Option<(i64, i64)> {
+        let stored = match &self.primary {
+            Some((url, address)) => {
+                if self.record.is_none() {
+                    let connected = Server::connect(url, self.timeout).await;
+                    self.record = ledger.record(Self::RECORD, address, connected);
+                }
+                let read = self.record.as_mut()?.projector_offsets(self.group).await;
+                match ledger.record(Self::RECORD, address, read) {
+                    Some(stored) => stored,
+                    None => {
+                        if let Some(server) = self.record.take() {
+                            server.close().await;
+                        }
+                        return None;
+                    }
+                }
+            }
+            None => HashMap::new(),
+        };
+        let watermarks = self.probe.watermarks(self.partitions.to_vec()).await;
+        let watermarks = ledger.record("kafka", self.brokers, watermarks)?;
+        let positions = match self.probe.committed(watermarks.clone()).await {
+            Ok(positions) => {
+                ledger.record::<_, kafka::KafkaError>(Self::HINT, self.brokers, Ok(()));
+                positions
+            }
+            Err(error) => {
+                ledger.record::<(), _>(Self::HINT, self.brokers, Err(error));
+                // Without the projector's record the hint is all there is.
+                self.primary.as_ref()?;
+                watermarks
+            }
+        };
+        Some(kafka::totals(&positions, &stored))
+    }
+
+    async fn close(self) {
+        if let Some(server) = self.record {
+            server.close().await;
+        }
     }
 }
 
