@@ -206,6 +206,7 @@ fn http_server(
             ))
             .default_service(web::to(problem_details::route_not_found))
     })
+    .keep_alive(service_runtime::http::KEEP_ALIVE)
     .listen(listener)?
     // The process' shutdown signal is handled once, by the cancellation token.
     .disable_signals()

@@ -127,6 +127,7 @@ impl Application {
                 .default_service(web::to(problem_details::route_not_found))
         })
         .workers(1)
+        .keep_alive(service_runtime::http::KEEP_ALIVE)
         .listen(listener)?
         .disable_signals()
         .run();

@@ -160,6 +160,7 @@ impl Application {
         // The process-wide CancellationToken is the only shutdown signal;
         // actix's own handlers would race it.
         .disable_signals()
+        .keep_alive(service_runtime::http::KEEP_ALIVE)
         .listen(listener)
         .map_err(bind_error)?
         .run();

@@ -125,6 +125,9 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .default_headers(headers)
         .timeout(Duration::from_secs(10))
+        // Below the services' keep-alive, so the client, never the server,
+        // drops an idle connection (no request races a server-side close).
+        .pool_idle_timeout(service_runtime::http::KEEP_ALIVE / 2)
 }
 
 /// [`client_builder`], built.

@@ -431,3 +431,57 @@ async fn bad_commands_get_problem_details_and_append_nothing() {
     let b: Value = response.json().await.unwrap();
     expect_problem(s, &b, &h, StatusCode::NOT_FOUND);
 }
+
+/// Sends `GET /health/live` on `stream` and reads the whole response (it has
+/// no body); `None` if the server closed the connection instead.
+async fn live_on(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: e2e\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("response within 10 s")
+            .ok()?;
+        if read == 0 {
+            return None;
+        }
+        response.extend_from_slice(&buffer[..read]);
+    }
+    Some(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// An idle connection stays open longer than actix-web's default keep-alive
+/// (5 s): a proxy in front with a longer idle timeout (60 s is common) must
+/// never send a request on a connection the service has just closed.
+#[tokio::test]
+async fn services_keep_an_idle_connection_open_past_actix_defaults() {
+    let stack = stack();
+    let idle_then_reuse = |url: String| async move {
+        let address = url.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let first = live_on(&mut stream).await;
+        assert!(
+            first
+                .as_deref()
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+            "{url}: {first:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let second = live_on(&mut stream).await;
+        assert!(
+            second
+                .as_deref()
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+            "{url} closed the connection after 7 s idle: {second:?}"
+        );
+    };
+    tokio::join!(
+        idle_then_reuse(stack.command_url.clone()),
+        idle_then_reuse(stack.query_url.clone())
+    );
+}

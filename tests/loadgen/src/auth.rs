@@ -59,8 +59,8 @@ pub fn authorization() -> Result<String, TokenError> {
 }
 
 /// A client builder for the services' API routes: no proxy, and
-/// `Authorization: Bearer <token>` on every request. Callers add their
-/// timeouts and pool settings.
+/// `Authorization: Bearer <token>` on every request, idle connections
+/// dropped after 30 s. Callers add their timeouts and pool settings.
 pub fn authorized_client() -> Result<reqwest::ClientBuilder, TokenError> {
     let mut value = HeaderValue::from_str(&authorization()?)?;
     value.set_sensitive(true);
@@ -68,6 +68,10 @@ pub fn authorized_client() -> Result<reqwest::ClientBuilder, TokenError> {
     headers.insert(AUTHORIZATION, value);
     Ok(reqwest::Client::builder()
         .no_proxy()
+        // Idle connections are dropped before the services close them
+        // (`service_runtime::http::KEEP_ALIVE`, 75 s), never in a race with
+        // a request sent on one.
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
         .default_headers(headers))
 }
 
